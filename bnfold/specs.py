@@ -1,0 +1,21 @@
+"""What a model expects as input: shared by both front ends and the equivalence check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. ``shape`` holds ints for fixed dimensions, a string for a named
+    dynamic dimension and ``None`` for an unnamed one."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(dim, int) for dim in self.shape)
