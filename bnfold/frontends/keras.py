@@ -1,0 +1,808 @@
+"""The Keras front end: load, fold, predict, convert to ONNX and save Keras models.
+
+This is the only module that imports TensorFlow, Keras or tf2onnx, and it does so inside
+functions, so that ``bnfold --help`` and the ONNX path never pay for them.
+
+Folding works on the Keras model itself (``fold_keras_model``): a BatchNormalization whose
+input is produced by a linear layer (Dense, ConvND, DepthwiseConvND, SeparableConvND,
+ConvNDTranspose) with a ``linear`` activation, on that layer's channel axis, is folded
+backward (``W' = W * s`` along the output-channel axis, ``b' = s*b + t``, see
+``bnfold.rules.keras_layers``). The model is rebuilt from its config with the folded BN
+layers removed and their consumers rewired to the linear layer; every other layer keeps its
+weights. Every BN gets a ``FoldEntry``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnfold.affine import FoldArithmeticError
+from bnfold.errors import InputError, OutputError
+from bnfold.foldlog import FoldEntry, Outcome, Reason
+from bnfold.rules.keras_layers import keras_batchnorm_affine, rule_for
+from bnfold.specs import InputSpec
+
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+KERAS_EXTRA_MESSAGE = "reading Keras models needs the keras extra: pip install 'bnfold[keras]'"
+MAX_ONNX_IR_VERSION = 10  # the newest IR version onnxruntime 1.2x/1.3x all load
+BATCH_DIMENSION = "batch"
+
+_BATCHNORM = "BatchNormalization"
+_ACTIVATION_LAYERS = frozenset(
+    {"Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU"}
+)
+# Nodes that are only a sign that conversion left TensorFlow code in the ONNX graph.
+_TF_CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
+
+log = logging.getLogger(__name__)
+
+
+def _debug() -> bool:
+    return os.environ.get("BNFOLD_DEBUG") == "1"
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hide what TensorFlow's C++ code writes straight to file descriptor 2 (its start-up
+    lines ignore TF_CPP_MIN_LOG_LEVEL); shown when BNFOLD_DEBUG=1."""
+    if _debug():
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _import_keras() -> tuple[Any, Any]:
+    """``keras`` and ``tensorflow``, imported on first use with their log noise silenced."""
+    if not _debug():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        with _quiet_native_stderr():
+            import keras
+            import tensorflow as tf
+    except ImportError as error:
+        raise InputError(KERAS_EXTRA_MESSAGE) from error
+    if not _debug():
+        with contextlib.suppress(ImportError):
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.ERROR)
+        tf.get_logger().setLevel(logging.ERROR)
+        tf.autograph.set_verbosity(0)
+    return keras, tf
+
+
+def _import_tf2onnx() -> Any:
+    _import_keras()
+    try:
+        with _quiet_native_stderr():
+            import tf2onnx
+    except ImportError as error:
+        raise InputError(KERAS_EXTRA_MESSAGE) from error
+    if not _debug():
+        logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    return tf2onnx
+
+
+def _first_line(error: BaseException, limit: int = 240) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_model_config(path: Path) -> Any:
+    """The model's JSON config as stored in the file, read without building anything."""
+    import json
+
+    if path.suffix.lower() == ".keras":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if "config.json" not in archive.namelist():
+                    raise InputError(f"{path}: not a Keras model archive (no config.json inside)")
+                return json.loads(archive.read("config.json"))
+        except zipfile.BadZipFile as error:
+            raise InputError(
+                f"{path}: not a valid .keras file (not a zip archive, or damaged)"
+            ) from error
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"{path}: cannot read the .keras archive: {_first_line(error)}"
+            ) from error
+    try:
+        import h5py
+    except ImportError as error:
+        raise InputError(KERAS_EXTRA_MESSAGE) from error
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an HDF5 file, so not a Keras .h5 model")
+    try:
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+            if raw is None:
+                if "layer_names" in h5.attrs or "model_weights" in h5 or len(h5.keys()) > 0:
+                    raise InputError(
+                        f"{path}: holds weights only (saved with save_weights); "
+                        "bnfold needs a whole model saved with model.save()"
+                    )
+                raise InputError(f"{path}: an HDF5 file without a Keras model in it")
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            return json.loads(text)
+    except InputError:
+        raise
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read the HDF5 file: {_first_line(error)}") from error
+
+
+def _walk_layer_configs(config: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"class_name": ..., "config": {...}}`` dict in a model config, nested included."""
+    if isinstance(config, dict):
+        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
+            yield config
+        for value in config.values():
+            yield from _walk_layer_configs(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _walk_layer_configs(value)
+
+
+def _layer_name(layer_config: dict[str, Any]) -> str:
+    return str(layer_config.get("name") or layer_config["config"].get("name", "?"))
+
+
+def _code_carrying_layers(config: Any) -> list[str]:
+    """Names of the Lambda layers in a stored config: loading them runs Python from the file."""
+    return [
+        _layer_name(layer)
+        for layer in _walk_layer_configs(config)
+        if layer["class_name"] == "Lambda"
+    ]
+
+
+def _custom_layers(config: Any, keras: Any) -> list[str]:
+    """``name (Class)`` of the layers whose class Keras does not know by itself."""
+    found = []
+    for layer in _walk_layer_configs(config):
+        class_name = layer["class_name"]
+        if "name" not in layer["config"] or class_name.startswith("__"):
+            continue  # an initializer, a dtype policy, a keras tensor
+        known = hasattr(keras.layers, class_name) or class_name in ("Functional", "Sequential")
+        if layer.get("registered_name") or not known:
+            found.append(f"'{_layer_name(layer)}' ({class_name})")
+    return found
+
+
+def load_keras_model(path: Path, *, allow_unsafe: bool = False) -> Any:
+    """Load a ``.keras`` or ``.h5`` model in Keras safe mode, uncompiled.
+
+    Lambda layers (Python code stored in the file) are refused, naming the layer, unless
+    ``allow_unsafe``; then a warning says that the file's code runs. Every failure is an
+    ``InputError`` with one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise InputError(f"{path}: not a Keras model file (expected .keras, .h5 or .hdf5)")
+    stored_config = _read_model_config(path)
+    code_layers = _code_carrying_layers(stored_config)
+    if code_layers and not allow_unsafe:
+        raise InputError(
+            f"{path}: layer '{code_layers[0]}' is a Lambda layer whose Python code Keras safe "
+            "mode does not load; pass --allow-unsafe only if you trust this file"
+        )
+    if code_layers:
+        log.warning(
+            "loading %s with --allow-unsafe: Lambda layer(s) %s run Python code from the file",
+            path,
+            ", ".join(f"'{name}'" for name in code_layers),
+        )
+    keras, _ = _import_keras()
+    try:
+        with _quiet_native_stderr():
+            return keras.saving.load_model(str(path), safe_mode=not allow_unsafe, compile=False)
+    except Exception as error:
+        custom = _custom_layers(stored_config, keras)
+        if custom:
+            raise InputError(
+                f"{path}: layer {custom[0]} is a custom class that Keras cannot rebuild without "
+                "its Python code; bnfold reads models built from Keras' own layers"
+            ) from error
+        if path.suffix.lower() != ".keras":
+            raise InputError(
+                f"{path}: Keras {keras.__version__} cannot rebuild this legacy HDF5 model "
+                f"({_first_line(error)}); re-save it as .keras with the Keras that wrote it"
+            ) from error
+        raise InputError(
+            f"{path}: Keras {keras.__version__} cannot load this model: {_first_line(error)}"
+        ) from error
+
+
+# --------------------------------------------------------------------------- names and specs
+
+
+def _producer_name(tensor: Any) -> str:
+    return str(tensor._keras_history.operation.name)
+
+
+def keras_input_specs(model: Any) -> list[InputSpec]:
+    """One spec per model input, named after its InputLayer; the batch dimension is 'batch'."""
+    specs = []
+    for tensor in model.inputs:
+        shape: list[int | str | None] = [
+            int(dim) if dim is not None else None for dim in tuple(tensor.shape)
+        ]
+        if shape and shape[0] is None:
+            shape[0] = BATCH_DIMENSION
+        specs.append(InputSpec(_producer_name(tensor), tuple(shape), np.dtype(tensor.dtype)))
+    return specs
+
+
+def keras_output_names(model: Any) -> list[str]:
+    """Output names: the name of the layer producing each output (Keras' own naming), with
+    ``_<index>`` added where one layer produces several outputs."""
+    names = [_producer_name(tensor) for tensor in model.outputs]
+    indices = [int(tensor._keras_history.tensor_index) for tensor in model.outputs]
+    return [
+        f"{name}_{index}" if names.count(name) > 1 else name
+        for name, index in zip(names, indices, strict=True)
+    ]
+
+
+def _flatten_outputs(keras: Any, outputs: Any) -> list[Any]:
+    return list(keras.tree.flatten(outputs))
+
+
+def predict_keras(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the model in inference mode; inputs keyed by ``keras_input_specs`` names, outputs by
+    ``keras_output_names`` (the names ``keras_to_onnx`` gives the ONNX outputs)."""
+    keras, _ = _import_keras()
+    names = [spec.name for spec in keras_input_specs(model)]
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise InputError(f"no value given for model input '{missing[0]}'")
+    arrays = [np.asarray(inputs[name]) for name in names]
+    outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in _flatten_outputs(keras, outputs)]
+    return dict(zip(keras_output_names(model), values, strict=True))
+
+
+# --------------------------------------------------------------------------- folding
+
+
+@dataclass
+class _GraphLayer:
+    """One top-level layer of a Sequential or Functional config, with its wiring."""
+
+    name: str
+    class_name: str
+    entry: dict[str, Any]  # the layer's dict inside the (copied) model config
+    inputs: list[str]
+    calls: int
+    consumers: list[str] = field(default_factory=list)
+
+    @property
+    def layer_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = self.entry["config"]
+        return config
+
+
+def _mutable_copy(config: Any) -> Any:
+    """A deep copy with tuples turned into lists, so that wiring can be rewritten in place."""
+    if isinstance(config, dict):
+        return {key: _mutable_copy(value) for key, value in config.items()}
+    if isinstance(config, list | tuple):
+        return [_mutable_copy(value) for value in config]
+    return copy.deepcopy(config)
+
+
+def _is_history(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and isinstance(value[2], int)
+    )
+
+
+def _histories(node: Any) -> Iterator[list[Any]]:
+    """Every ``keras_history`` ``[layer, node_index, tensor_index]`` inside an inbound node."""
+    if isinstance(node, dict):
+        history = node.get("keras_history")
+        if isinstance(history, list) and _is_history(history):
+            yield history
+        for key, value in node.items():
+            if key != "keras_history":
+                yield from _histories(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _histories(value)
+
+
+def _output_histories(output_layers: Any) -> Iterator[list[Any]]:
+    if isinstance(output_layers, list) and _is_history(output_layers):
+        yield output_layers
+    elif isinstance(output_layers, list):
+        for value in output_layers:
+            yield from _output_histories(value)
+    elif isinstance(output_layers, dict):
+        for value in output_layers.values():
+            yield from _output_histories(value)
+
+
+class _ModelGraph:
+    """The wiring of a Sequential or Functional model, read from (a copy of) its config and
+    rewired in place as BN layers are removed."""
+
+    def __init__(self, config: dict[str, Any], sequential: bool) -> None:
+        self.config = config
+        self.sequential = sequential
+        self.layers: dict[str, _GraphLayer] = {}
+        entries = config["layers"]
+        previous: str | None = None
+        for entry in entries:
+            name = _layer_name(entry)
+            if sequential:
+                inputs = [previous] if previous is not None else []
+                calls = 1
+            else:
+                nodes = entry.get("inbound_nodes") or []
+                calls = len(nodes)
+                inputs = [str(h[0]) for h in _histories(nodes[:1])]
+            self.layers[name] = _GraphLayer(name, entry["class_name"], entry, inputs, calls)
+            previous = name
+        for layer in self.layers.values():
+            if sequential:
+                for producer in layer.inputs:
+                    self.layers[producer].consumers.append(layer.name)
+            else:
+                for node in layer.entry.get("inbound_nodes") or []:
+                    for history in _histories(node):
+                        if history[0] in self.layers:
+                            self.layers[history[0]].consumers.append(layer.name)
+        if sequential:
+            self.outputs = [previous] if previous is not None else []
+        else:
+            self.outputs = [str(h[0]) for h in _output_histories(config["output_layers"])]
+
+    def remove(self, batchnorm: str, producer: str) -> None:
+        """Drop ``batchnorm`` and feed its consumers (and model outputs) from ``producer``."""
+        bn = self.layers.pop(batchnorm)
+        self.config["layers"] = [e for e in self.config["layers"] if e is not bn.entry]
+        source = self.layers[producer]
+        source.consumers = [c for c in source.consumers if c != batchnorm] + bn.consumers
+        for consumer in bn.consumers:
+            layer = self.layers[consumer]
+            layer.inputs = [producer if name == batchnorm else name for name in layer.inputs]
+            for node in layer.entry.get("inbound_nodes") or []:
+                for history in _histories(node):
+                    if history[0] == batchnorm:
+                        history[:] = [producer, 0, 0]
+        self.outputs = [producer if name == batchnorm else name for name in self.outputs]
+        if not self.sequential:
+            for history in _output_histories(self.config["output_layers"]):
+                if history[0] == batchnorm:
+                    history[:] = [producer, 0, 0]
+
+    def rename(self, old: str, new: str) -> None:
+        """Give layer ``old`` the name ``new`` everywhere in the config."""
+        layer = self.layers.pop(old)
+        layer.name = new
+        layer.entry["config"]["name"] = new
+        if "name" in layer.entry:
+            layer.entry["name"] = new
+        self.layers[new] = layer
+        for other in self.layers.values():
+            other.inputs = [new if name == old else name for name in other.inputs]
+            for node in other.entry.get("inbound_nodes") or []:
+                for history in _histories(node):
+                    if history[0] == old:
+                        history[0] = new
+        self.outputs = [new if name == old else name for name in self.outputs]
+        if not self.sequential:
+            for history in _output_histories(self.config["output_layers"]):
+                if history[0] == old:
+                    history[0] = new
+
+
+@dataclass(frozen=True)
+class _Declined:
+    reason: Reason
+    detail: str
+
+
+def _batchnorm_parameters(layer: Any) -> dict[str, np.ndarray | None]:
+    def value(variable: Any) -> np.ndarray | None:
+        return None if variable is None else np.asarray(variable.numpy())
+
+    return {
+        "gamma": value(getattr(layer, "gamma", None)) if layer.scale else None,
+        "beta": value(getattr(layer, "beta", None)) if layer.center else None,
+        "moving_mean": value(layer.moving_mean),
+        "moving_variance": value(layer.moving_variance),
+    }
+
+
+def _input_rank(bn: _GraphLayer, live_bn: Any) -> int:
+    shape = (bn.entry.get("build_config") or {}).get("input_shape")
+    if shape is None:
+        try:
+            shape = live_bn.input.shape
+        except (AttributeError, ValueError):
+            return 0
+    return len(shape)
+
+
+def _describe(layer: _GraphLayer) -> str:
+    return f"{layer.class_name} '{layer.name}'"
+
+
+def _decline_or_fold(
+    model: Any,
+    graph: _ModelGraph,
+    bn: _GraphLayer,
+    new_weights: dict[str, list[np.ndarray]],
+) -> tuple[str, list[np.ndarray]] | _Declined:
+    """The producer's name and folded weights, or why ``bn`` stays."""
+    if bn.calls != 1:
+        return _Declined(Reason.UNSUPPORTED_LAYER, f"is a shared layer called {bn.calls} times")
+    if len(set(bn.inputs)) != 1:
+        return _Declined(Reason.NO_LINEAR_NEIGHBOUR, "has no single input layer")
+    producer = graph.layers[bn.inputs[0]]
+    if producer.class_name == "InputLayer":
+        return _Declined(Reason.NO_LINEAR_NEIGHBOUR, "normalises a model input directly")
+    if producer.class_name in _ACTIVATION_LAYERS:
+        return _Declined(
+            Reason.NO_LINEAR_NEIGHBOUR, f"follows an activation ({_describe(producer)})"
+        )
+    rule = rule_for(producer.class_name)
+    registered = producer.entry.get("registered_name")
+    if (
+        rule is None
+        or registered
+        or not str(producer.entry.get("module", "keras")).startswith("keras")
+    ):
+        return _Declined(
+            Reason.NO_LINEAR_NEIGHBOUR,
+            f"follows {_describe(producer)}, which is not a layer bnfold folds into",
+        )
+    settings = producer.layer_config
+    activation = settings.get("activation", "linear")
+    if activation not in ("linear", None):
+        name = activation if isinstance(activation, str) else "a custom function"
+        return _Declined(
+            Reason.NO_LINEAR_NEIGHBOUR,
+            f"follows an activation: {_describe(producer)} applies {name}",
+        )
+    if producer.calls != 1:
+        return _Declined(
+            Reason.SHARED_OUTPUT,
+            f"{_describe(producer)} is a shared layer called {producer.calls} times",
+        )
+    others = sorted({c for c in producer.consumers if c != bn.name})
+    if others or producer.consumers.count(bn.name) != 1:
+        return _Declined(
+            Reason.SHARED_OUTPUT,
+            f"the output of {_describe(producer)} is also used by {', '.join(others) or bn.name}",
+        )
+    if producer.name in graph.outputs:
+        return _Declined(
+            Reason.GRAPH_OUTPUT, f"the output of {_describe(producer)} is also a model output"
+        )
+    if settings.get("lora_rank"):
+        return _Declined(Reason.UNSUPPORTED_LAYER, f"{_describe(producer)} has LoRA weights")
+    live_producer = model.get_layer(producer.name)
+    weights = new_weights.get(producer.name) or [np.asarray(w) for w in live_producer.get_weights()]
+    kernel = weights[rule.kernel_index]
+    if settings.get("quantization_config") or not np.issubdtype(kernel.dtype, np.floating):
+        return _Declined(
+            Reason.UNSUPPORTED_DTYPE,
+            f"{_describe(producer)} has {kernel.dtype} (quantised) weights",
+        )
+    live_bn = model.get_layer(bn.name)
+    axes = bn.layer_config.get("axis", -1)
+    axes = list(axes) if isinstance(axes, list | tuple) else [axes]
+    rank = _input_rank(bn, live_bn)
+    if rank == 0:
+        return _Declined(Reason.UNPROVEN_LAYOUT, "its input shape is unknown")
+    channel_axis = rule.channel_axis(settings.get("data_format"), rank)
+    if len(axes) != 1 or int(axes[0]) % rank != channel_axis:
+        return _Declined(
+            Reason.CHANNEL_MISMATCH,
+            f"normalises axis {axes}; {_describe(producer)} has channels on axis {channel_axis}",
+        )
+    parameters = _batchnorm_parameters(live_bn)
+    channels = rule.output_channels(weights)
+    if np.asarray(parameters["moving_mean"]).size != channels:
+        return _Declined(
+            Reason.CHANNEL_MISMATCH,
+            f"has {np.asarray(parameters['moving_mean']).size} channels, "
+            f"{_describe(producer)} has {channels}",
+        )
+    try:
+        affine = keras_batchnorm_affine(parameters, float(bn.layer_config.get("epsilon", 1e-3)))
+    except FoldArithmeticError as error:
+        return _Declined(Reason.INVALID_PARAMS, str(error))
+    try:
+        folded = rule.fold_after(weights, bool(settings.get("use_bias", True)), affine)
+    except FoldArithmeticError as error:
+        return _Declined(Reason.DTYPE_RANGE, str(error))
+    return producer.name, folded
+
+
+def _nested_batchnorms(model: Any) -> Iterator[tuple[str, str]]:
+    """``(bn name, nested model name)`` for every BN inside a model used as a layer."""
+    for layer in model.layers:
+        inner = getattr(layer, "layers", None)
+        if inner is None:
+            continue
+        for sub in _all_layers(layer):
+            if type(sub).__name__ == _BATCHNORM:
+                yield sub.name, layer.name
+
+
+def _all_layers(model: Any) -> Iterator[Any]:
+    for layer in model.layers:
+        yield layer
+        if getattr(layer, "layers", None) is not None:
+            yield from _all_layers(layer)
+
+
+def _rebuild(model: Any, config: dict[str, Any], has_lambda: bool) -> Any:
+    scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if has_lambda:
+        # The model is already in memory (the user allowed its code); rebuilding runs no new code.
+        from keras.src.saving.serialization_lib import SafeModeScope
+
+        scope = SafeModeScope(False)
+    with scope:
+        return type(model).from_config(config)
+
+
+def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
+    """A new Keras model with every foldable BatchNormalization folded into the linear layer
+    before it, and one ``FoldEntry`` per BN.
+
+    The new model has the same inputs and outputs and their names: a folded BN that was a model
+    output hands its name to the layer it was folded into.
+    """
+    keras, _ = _import_keras()
+    entries: list[FoldEntry] = []
+    is_sequential = isinstance(model, keras.Sequential)
+    try:
+        config = _mutable_copy(model.get_config())
+    except NotImplementedError:
+        config = None
+    functional = (
+        config is not None
+        and "layers" in config
+        and (is_sequential or ("input_layers" in config and "output_layers" in config))
+    )
+    if config is None or not functional:
+        for layer in _all_layers(model):
+            if type(layer).__name__ == _BATCHNORM:
+                entries.append(
+                    FoldEntry(
+                        layer.name,
+                        [_BATCHNORM],
+                        Outcome.LEFT,
+                        reason=Reason.UNSUPPORTED_LAYER,
+                        detail="the model is a subclassed keras.Model, which bnfold cannot rebuild",
+                    )
+                )
+        return model, entries
+
+    graph = _ModelGraph(config, sequential=is_sequential)
+    new_weights: dict[str, list[np.ndarray]] = {}
+    renames: dict[str, str] = {}  # producer name -> BN output name it takes over
+    for name in list(graph.layers):
+        bn = graph.layers.get(name)
+        if bn is None or bn.class_name != _BATCHNORM or bn.entry.get("registered_name"):
+            continue
+        outcome = _decline_or_fold(model, graph, bn, new_weights)
+        if isinstance(outcome, _Declined):
+            entries.append(
+                FoldEntry(
+                    name,
+                    [_BATCHNORM],
+                    Outcome.LEFT,
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                )
+            )
+            continue
+        producer, folded = outcome
+        producer_layer = graph.layers[producer]
+        gained_bias = not producer_layer.layer_config.get("use_bias", True)
+        producer_layer.layer_config["use_bias"] = True
+        new_weights[producer] = folded
+        was_output = name in graph.outputs
+        graph.remove(name, producer)
+        details = []
+        if gained_bias:
+            details.append(f"'{producer}' gained a bias")
+        if was_output:
+            renames[producer] = name
+            details.append(f"'{producer}' is renamed '{name}' to keep the output name")
+        entries.append(
+            FoldEntry(
+                name,
+                [_BATCHNORM],
+                Outcome.FOLDED_INTO_PREVIOUS,
+                target=[producer],
+                detail="; ".join(details),
+            )
+        )
+    for bn_name, nested in _nested_batchnorms(model):
+        entries.append(
+            FoldEntry(
+                bn_name,
+                [_BATCHNORM],
+                Outcome.LEFT,
+                reason=Reason.UNSUPPORTED_LAYER,
+                detail=f"is inside the nested model '{nested}'; bnfold folds top-level layers",
+            )
+        )
+    for old, new in renames.items():
+        graph.rename(old, new)
+        if old in new_weights:
+            new_weights[new] = new_weights.pop(old)
+
+    has_lambda = any(type(layer).__name__ == "Lambda" for layer in _all_layers(model))
+    try:
+        rebuilt = _rebuild(model, config, has_lambda)
+    except Exception as error:
+        raise InputError(f"Keras cannot rebuild the folded model: {_first_line(error)}") from error
+    original_names = {new: old for old, new in renames.items()}
+    for layer in rebuilt.layers:
+        if layer.name in new_weights:
+            layer.set_weights(new_weights[layer.name])
+        else:
+            layer.set_weights(
+                model.get_layer(original_names.get(layer.name, layer.name)).get_weights()
+            )
+    return rebuilt, entries
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def _validate_onnx(proto: onnx.ModelProto) -> None:
+    """Refuse what tf2onnx writes when it could not convert a part: TF call nodes, unknown ops."""
+    import onnx
+
+    def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.g.node:
+                    yield from nodes(attribute.g)
+                for sub in attribute.graphs:
+                    yield from nodes(sub)
+
+    for node in nodes(proto.graph):
+        if node.op_type in _TF_CALL_OPS:
+            raise InputError(
+                f"tf2onnx left a TensorFlow {node.op_type} node ('{node.name}') in the ONNX graph; "
+                "Keras runs grouped and channels_first 3-D convolutions through XLA, "
+                "which tf2onnx cannot convert"
+            )
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            raise InputError(f"tf2onnx wrote the unknown ONNX op {node.op_type} ('{node.name}')")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise InputError(f"tf2onnx wrote an invalid ONNX model: {_first_line(error)}") from error
+
+
+def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
+    """Convert with tf2onnx through a ``tf.function`` traced without XLA (``jit_compile=False``).
+
+    The batch dimension stays dynamic; ONNX inputs are named like ``keras_input_specs`` and
+    outputs like ``keras_output_names``; IR version at most ``MAX_ONNX_IR_VERSION``.
+    """
+    import onnx_ir
+
+    keras, tf = _import_keras()
+    tf2onnx = _import_tf2onnx()
+    specs = keras_input_specs(model)
+    output_names = keras_output_names(model)
+    signature = [
+        tf.TensorSpec(
+            shape=tuple(dim if isinstance(dim, int) else None for dim in spec.shape),
+            dtype=tf.as_dtype(spec.dtype),
+            name=spec.name,
+        )
+        for spec in specs
+    ]
+
+    def call(*args: Any) -> tuple[Any, ...]:
+        outputs = model(args[0] if len(args) == 1 else list(args), training=False)
+        return tuple(_flatten_outputs(keras, outputs))
+
+    function = tf.function(call, input_signature=signature, jit_compile=False, autograph=False)
+    try:
+        with _quiet_native_stderr():
+            proto, _ = tf2onnx.convert.from_function(
+                function, input_signature=signature, opset=opset
+            )
+    except Exception as error:
+        raise InputError(f"tf2onnx cannot convert the model: {_first_line(error)}") from error
+    proto.ir_version = min(proto.ir_version, MAX_ONNX_IR_VERSION)
+    _validate_onnx(proto)
+    ir_model = onnx_ir.from_proto(proto)
+    graph_inputs = list(ir_model.graph.inputs)
+    graph_outputs = list(ir_model.graph.outputs)
+    if len(graph_inputs) != len(specs) or len(graph_outputs) != len(output_names):
+        raise InputError(
+            f"tf2onnx wrote {len(graph_inputs)} inputs and {len(graph_outputs)} outputs, "
+            f"the Keras model has {len(specs)} and {len(output_names)}"
+        )
+    taken = {v.name for v in graph_inputs + graph_outputs}
+    for value, name in zip(
+        graph_inputs + graph_outputs, [s.name for s in specs] + output_names, strict=True
+    ):
+        if value.name != name:
+            if name in taken:
+                raise InputError(f"cannot name an ONNX input or output '{name}': the name is taken")
+            value.name = name
+    return ir_model
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_keras_model(model: Any, path: Path) -> None:
+    """Save as ``.keras`` or ``.h5``, chosen by the last Keras suffix in the name, so that a
+    temporary name such as ``out.keras.tmp`` also works; errors are ``OutputError``."""
+    keras, _ = _import_keras()
+    path = Path(path)
+    suffix = next((s for s in reversed(path.suffixes) if s.lower() in KERAS_SUFFIXES), None)
+    if suffix is None:
+        raise OutputError(f"{path}: a Keras model is written as .keras or .h5")
+    try:
+        if path.suffix.lower() == suffix.lower():
+            with _quiet_native_stderr():
+                keras.saving.save_model(model, str(path))
+            return
+        # Keras insists on the suffix being last: save beside the target, then move.
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            staged = Path(folder) / f"model{suffix.lower()}"
+            with _quiet_native_stderr():
+                keras.saving.save_model(model, str(staged))
+            os.replace(staged, path)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write the Keras model: {_first_line(error)}") from error
+    except Exception as error:
+        raise OutputError(
+            f"{path}: Keras cannot save the folded model: {_first_line(error)}"
+        ) from error
