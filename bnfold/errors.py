@@ -22,9 +22,16 @@ class UsageError(BnfoldError):
 
 
 class CheckFailedError(BnfoldError):
-    """The folded model does not compute the same function as the original (exit code 1)."""
+    """The folded model does not compute the same function as the original (exit code 1).
+
+    ``result`` holds the fold log and the failed check, so a caller can show what differed.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class OutputError(BnfoldError):

@@ -55,6 +55,7 @@ class FoldEntry:
     via: list[str] = field(default_factory=list)
     reason: Reason | None = None
     detail: str = ""
+    stage: str = "onnx"  # "keras" for folds done on the Keras model before conversion
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

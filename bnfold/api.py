@@ -1,0 +1,291 @@
+"""The library: ``fold``, ``check`` and ``inspect``, usable in a pipeline without the CLI.
+
+    result = bnfold.fold("model.onnx", output="folded.onnx")   # raises CheckFailedError
+    print(result.counts(), result.check.max_rel)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnx_ir as ir
+
+from bnfold.check.equivalence import (
+    ModelSource,
+    load_npz_inputs,
+    random_inputs,
+    run_model,
+)
+from bnfold.comparison import CheckResult, compare_outputs
+from bnfold.errors import CheckFailedError, InputError, UsageError
+from bnfold.fold import FoldResult, fold_model
+from bnfold.foldlog import FoldEntry, Outcome
+from bnfold.frontends.onnx import ONNX_SUFFIXES, input_specs, load_onnx, save_onnx
+from bnfold.specs import InputSpec
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+ModelInput = ir.Model | onnx.ModelProto | str | os.PathLike[str]
+Inputs = Mapping[str, npt.NDArray[Any]] | str | os.PathLike[str] | None
+
+
+def _suffix(path: str | os.PathLike[str]) -> str:
+    return Path(path).suffix.lower()
+
+
+def _is_keras_path(model: Any) -> bool:
+    return isinstance(model, str | os.PathLike) and _suffix(model) in KERAS_SUFFIXES
+
+
+def _feeds(
+    specs: list[InputSpec], inputs: Inputs, seed: int, dims: Mapping[str, int] | None
+) -> tuple[dict[str, npt.NDArray[Any]], str]:
+    if inputs is None:
+        feeds = random_inputs(specs, seed=seed, dims=dims)
+        shapes = ", ".join(f"{name}{list(array.shape)}" for name, array in feeds.items())
+        return feeds, f"random normal, seed {seed}: {shapes}"
+    if isinstance(inputs, str | os.PathLike):
+        return load_npz_inputs(inputs, specs), f"from {inputs}"
+    return dict(inputs), "given by the caller"
+
+
+def _validate_output(source: Any, output: str | os.PathLike[str] | None, overwrite_input: bool) -> None:
+    if output is None:
+        return
+    suffix = _suffix(output)
+    if suffix not in ONNX_SUFFIXES + KERAS_SUFFIXES:
+        raise UsageError(f"{output}: output must end in .onnx, .keras or .h5")
+    if suffix in KERAS_SUFFIXES and not _is_keras_path(source):
+        raise UsageError(f"{output}: Keras output needs a Keras input; write .onnx instead")
+    if (
+        isinstance(source, str | os.PathLike)
+        and Path(source).resolve() == Path(output).resolve()
+        and not overwrite_input
+    ):
+        raise UsageError(f"{output} is the input file; pass --overwrite-input to replace it")
+
+
+def _reference_source(model: ModelInput) -> tuple[ir.Model, ModelSource]:
+    """The model to fold and a frozen copy of the original for the check."""
+    if isinstance(model, ir.Model):
+        return model, ir.serde.serialize_model(model).SerializeToString()
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model), model.SerializeToString()
+    return load_onnx(model), str(model)
+
+
+def fold(
+    model: ModelInput,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    inputs: Inputs = None,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    allow_unsafe: bool = False,
+    opset: int | None = None,
+    overwrite_input: bool = False,
+) -> FoldResult:
+    """Fold every BN ``model`` allows, check the result against the original, write ``output``.
+
+    ``model`` is an ONNX or Keras path, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (folded
+    in place). With ``check`` the original (onnxruntime, optimisations disabled; Keras for
+    Keras input) and the folded model run on the same ``inputs`` (a dict, an .npz path, or
+    seeded random values with dynamic ``dims`` sized as given). ``output`` is written
+    atomically, and only when the check passes; otherwise ``CheckFailedError`` carries the
+    result.
+    """
+    _validate_output(model, output, overwrite_input)
+    if _is_keras_path(model):
+        return _fold_keras(
+            Path(model), output=output, check=check, inputs=inputs, dims=dims, seed=seed,
+            rtol=rtol, atol=atol, allow_unsafe=allow_unsafe, opset=opset,
+        )
+    started = time.perf_counter()
+    ir_model, reference = _reference_source(model)
+    loaded = time.perf_counter()
+    feeds, description = (
+        _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
+    )
+    result = fold_model(ir_model)
+    folded = time.perf_counter()
+    result.seconds = {"load": loaded - started, "fold": folded - loaded}
+    if check:
+        expected = run_model(reference, feeds)
+        actual = run_model(ir_model, feeds)
+        result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
+        result.seconds["check"] = time.perf_counter() - folded
+    _write(result, output)
+    return result
+
+
+def _write(result: FoldResult, output: str | os.PathLike[str] | None) -> None:
+    if output is None:
+        return
+    if result.check is not None and not result.check.passed:
+        raise CheckFailedError(
+            f"the folded model differs from the original (max rel {result.check.max_rel:.3g}); "
+            f"{output} not written",
+            result,
+        )
+    started = time.perf_counter()
+    if _suffix(output) in KERAS_SUFFIXES:
+        from bnfold.frontends import keras as keras_frontend
+
+        _save_keras_atomically(keras_frontend, result.keras_model, Path(output))
+    else:
+        save_onnx(result.model, output)
+    result.output = str(output)
+    result.seconds["write"] = time.perf_counter() - started
+
+
+def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
+    from bnfold.frontends.onnx import atomic_folder
+
+    with atomic_folder(path) as scratch:
+        staged = scratch / path.name
+        frontend.save_keras_model(keras_model, staged)
+        os.replace(staged, path)
+
+
+def _merge_stage_logs(keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]) -> list[FoldEntry]:
+    """One entry per BN: a BN the Keras pass left that the ONNX pass (whose node names carry
+    the Keras layer name) then folded is reported as folded; a BN left by both is reported
+    once, by its Keras name."""
+    merged = list(keras_entries)
+    onnx_rest = list(onnx_entries)
+    for index, entry in enumerate(merged):
+        if entry.folded:
+            continue
+        pattern = re.compile(rf"(^|/){re.escape(entry.name)}(/|$)")
+        matches = [other for other in onnx_rest if pattern.search(other.name)]
+        for other in matches:
+            onnx_rest.remove(other)
+        folded = next((other for other in matches if other.folded), None)
+        if folded is not None:
+            folded.name = entry.name
+            merged[index] = folded
+    return merged + onnx_rest
+
+
+def _fold_keras(
+    path: Path,
+    *,
+    output: str | os.PathLike[str] | None,
+    check: bool,
+    inputs: Inputs,
+    dims: Mapping[str, int] | None,
+    seed: int,
+    rtol: float | None,
+    atol: float | None,
+    allow_unsafe: bool,
+    opset: int | None,
+) -> FoldResult:
+    from bnfold.frontends import keras as keras_frontend
+
+    started = time.perf_counter()
+    original = keras_frontend.load_keras_model(path, allow_unsafe=allow_unsafe)
+    loaded = time.perf_counter()
+    feeds, description = (
+        _feeds(keras_frontend.keras_input_specs(original), inputs, seed, dims) if check else ({}, "")
+    )
+    expected = keras_frontend.predict_keras(original, feeds) if check else {}
+    folded_keras, keras_entries = keras_frontend.fold_keras_model(original)
+    for entry in keras_entries:
+        entry.stage = "keras"
+    seconds = {"load": loaded - started, "fold": time.perf_counter() - loaded}
+    to_onnx = output is None or _suffix(output) in ONNX_SUFFIXES
+    if to_onnx:
+        converted = time.perf_counter()
+        onnx_model = keras_frontend.keras_to_onnx(folded_keras, opset=opset)
+        seconds["convert"] = time.perf_counter() - converted
+        result = fold_model(onnx_model)
+        result.entries = _merge_stage_logs(keras_entries, result.entries)
+    else:
+        result = FoldResult(None, keras_entries)
+    result.keras_model = folded_keras
+    result.seconds = seconds
+    if check:
+        checked = time.perf_counter()
+        actual = (
+            run_model(result.model, feeds)
+            if to_onnx
+            else keras_frontend.predict_keras(folded_keras, feeds)
+        )
+        result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
+        result.seconds["check"] = time.perf_counter() - checked
+    _write(result, output)
+    return result
+
+
+def inspect(model: ModelInput, *, allow_unsafe: bool = False) -> FoldResult:
+    """The fold log of ``model`` without checking or writing anything."""
+    return fold(model, check=False, allow_unsafe=allow_unsafe)
+
+
+def _outputs_of(
+    model: ModelInput, feeds: Mapping[str, npt.NDArray[Any]], allow_unsafe: bool
+) -> dict[str, npt.NDArray[Any]]:
+    if _is_keras_path(model):
+        from bnfold.frontends import keras as keras_frontend
+
+        assert isinstance(model, str | os.PathLike)
+        loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
+        return dict(keras_frontend.predict_keras(loaded, feeds))
+    if isinstance(model, onnx.ModelProto):
+        return run_model(model.SerializeToString(), feeds)
+    if isinstance(model, ir.Model):
+        return run_model(model, feeds)
+    load_onnx(model)  # validates the file: one clear line instead of onnxruntime's error
+    return run_model(str(model), feeds)
+
+
+def _specs_of(model: ModelInput, allow_unsafe: bool) -> list[InputSpec]:
+    if _is_keras_path(model):
+        from bnfold.frontends import keras as keras_frontend
+
+        assert isinstance(model, str | os.PathLike)
+        loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
+        return list(keras_frontend.keras_input_specs(loaded))
+    if isinstance(model, ir.Model):
+        return input_specs(model)
+    if isinstance(model, onnx.ModelProto):
+        return input_specs(ir.serde.deserialize_model(model))
+    return input_specs(load_onnx(model))
+
+
+def check(
+    reference: ModelInput,
+    candidate: ModelInput,
+    *,
+    inputs: Inputs = None,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    allow_unsafe: bool = False,
+) -> CheckResult:
+    """Run both models (ONNX in onnxruntime without optimisations, Keras in Keras) on the same
+    inputs and compare every output of ``reference``; inputs are shaped after ``reference``."""
+    feeds, description = _feeds(_specs_of(reference, allow_unsafe), inputs, seed, dims)
+    expected = _outputs_of(reference, feeds, allow_unsafe)
+    actual = _outputs_of(candidate, feeds, allow_unsafe)
+    return compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
+
+
+def save(model: ir.Model, path: str | os.PathLike[str]) -> None:
+    """Write a folded ONNX model atomically (external data when it is large)."""
+    save_onnx(model, path)
+
+
+__all__ = ["CheckResult", "FoldResult", "check", "fold", "inspect", "save"]

@@ -1,0 +1,141 @@
+"""Comparing two models' outputs, in numpy: the numbers behind the equivalence gate.
+
+Relative error is ``max|folded - original| / max|original|`` per output: element-wise relative
+error explodes near zero and says nothing (DESIGN.md section 4). An output passes when
+``max_abs <= atol + rtol * max|original|``; integer and boolean outputs must match exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# Gates, not targets: float32 folds land near 1e-6 relative.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-7, 1e-9),
+    "float32": (1e-4, 1e-5),
+    "float16": (1e-2, 1e-3),
+    "bfloat16": (5e-2, 1e-2),
+}
+
+
+def default_tolerances(dtype: np.dtype) -> tuple[float, float]:
+    """(rtol, atol) for an output of this dtype."""
+    return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    dtype: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    rtol: float
+    atol: float
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class CheckResult:
+    """Per-output errors of a candidate against a reference, and whether the gate passed."""
+
+    outputs: list[OutputComparison] = field(default_factory=list)
+    inputs: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(output.passed for output in self.outputs)
+
+    @property
+    def max_rel(self) -> float:
+        return max((output.max_rel for output in self.outputs), default=0.0)
+
+    @property
+    def max_abs(self) -> float:
+        return max((output.max_abs for output in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "inputs": self.inputs,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "outputs": [asdict(output) for output in self.outputs],
+        }
+
+
+def compare_output(
+    name: str,
+    reference: npt.NDArray[Any],
+    candidate: npt.NDArray[Any],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> OutputComparison:
+    default_rtol, default_atol = default_tolerances(reference.dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    shape = list(reference.shape)
+    if reference.shape != candidate.shape:
+        return OutputComparison(
+            name, str(reference.dtype), shape, float("inf"), float("inf"), float("inf"),
+            rtol, atol, False, f"shape {list(candidate.shape)} differs from {shape}",
+        )
+    if reference.dtype.kind not in "fc":
+        mismatches = int(np.count_nonzero(reference != candidate))
+        detail = f"{mismatches} elements differ" if mismatches else ""
+        error = float(mismatches > 0)
+        return OutputComparison(
+            name, str(reference.dtype), shape, error, error, error, 0.0, 0.0, not mismatches, detail
+        )
+    ref64 = reference.astype(np.float64)
+    cand64 = candidate.astype(np.float64)
+    ref_nan, cand_nan = np.isnan(ref64), np.isnan(cand64)
+    if np.any(ref_nan != cand_nan):
+        count = int(np.count_nonzero(ref_nan != cand_nan))
+        return OutputComparison(
+            name, str(reference.dtype), shape, float("nan"), float("nan"), float("nan"),
+            rtol, atol, False, f"NaN in {count} elements of one model only",
+        )
+    valid = ~ref_nan
+    if not np.any(valid):
+        return OutputComparison(name, str(reference.dtype), shape, 0.0, 0.0, 0.0, rtol, atol, True)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(cand64[valid] - ref64[valid])
+    diff = np.where(np.isnan(diff), 0.0, diff)  # inf - inf at matching infinities
+    max_abs = float(diff.max())
+    scale = float(np.abs(ref64[valid]).max())
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    passed = bool(max_abs <= atol + rtol * scale)
+    return OutputComparison(
+        name, str(reference.dtype), shape, max_abs, max_rel, float(diff.mean()), rtol, atol, passed
+    )
+
+
+def compare_outputs(
+    reference: dict[str, npt.NDArray[Any]],
+    candidate: dict[str, npt.NDArray[Any]],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    inputs: str = "",
+) -> CheckResult:
+    """Compare every reference output with the candidate output of the same name."""
+    result = CheckResult(inputs=inputs)
+    for name, expected in reference.items():
+        if name not in candidate:
+            result.outputs.append(
+                OutputComparison(
+                    name, str(expected.dtype), list(expected.shape), float("inf"),
+                    float("inf"), float("inf"), 0.0, 0.0, False, "missing from the folded model",
+                )
+            )
+            continue
+        result.outputs.append(compare_output(name, expected, candidate[name], rtol=rtol, atol=atol))
+    return result

@@ -1,0 +1,182 @@
+"""The fold engine: find every affine, let the rules fold it, repeat until nothing changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+from bnfold.comparison import CheckResult
+from bnfold.foldlog import FoldEntry, Outcome, Reason, Skip
+from bnfold.graph import NameFactory, iter_graphs, node_label
+from bnfold.rules import BACKWARD_RULES, FORWARD_RULES, Rule
+from bnfold.rules.affines import AffineChain, find_affine_chains
+from bnfold.rules.base import FoldContext, Folded
+
+METADATA_KEY = "bnfold"
+
+
+@dataclass
+class FoldResult:
+    """The folded model (the input model, changed in place) and one log entry per BN.
+
+    ``model`` is the folded ONNX model; it is ``None`` when a Keras model was folded to
+    Keras output (then ``keras_model`` holds it).
+    """
+
+    model: ir.Model | None
+    entries: list[FoldEntry] = field(default_factory=list)
+    check: CheckResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    output: str | None = None
+    keras_model: Any = None  # the folded Keras model, when the input was Keras
+
+    @property
+    def folded(self) -> list[FoldEntry]:
+        return [entry for entry in self.entries if entry.folded]
+
+    @property
+    def left(self) -> list[FoldEntry]:
+        return [entry for entry in self.entries if not entry.folded]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.folded)
+
+    def counts(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for entry in self.left:
+            assert entry.reason is not None
+            reasons[entry.reason.value] = reasons.get(entry.reason.value, 0) + 1
+        return {
+            "found": len(self.entries),
+            "folded_into_previous": sum(
+                e.outcome is Outcome.FOLDED_INTO_PREVIOUS for e in self.entries
+            ),
+            "folded_into_next": sum(e.outcome is Outcome.FOLDED_INTO_NEXT for e in self.entries),
+            "left": len(self.left),
+            "left_by_reason": reasons,
+        }
+
+
+def _try_rules(
+    context: FoldContext, chain: AffineChain, rules: Sequence[Rule]
+) -> Folded | Skip | None:
+    first_skip: Skip | None = None
+    for rule in rules:
+        answer = rule.fold(context, chain)
+        if isinstance(answer, Folded):
+            return answer
+        if isinstance(answer, Skip) and first_skip is None:
+            first_skip = answer
+    return first_skip
+
+
+def _fold_chain(
+    context: FoldContext,
+    chain: AffineChain,
+    backward: Sequence[Rule],
+    forward: Sequence[Rule],
+) -> FoldEntry:
+    """Prefer the layer before; the reason reported for a left BN is the backward one when
+    a backward rule matched, since that is the fold the user expects first."""
+    entry = FoldEntry(chain.label, chain.op_types, Outcome.LEFT)
+    if chain.skip is not None:
+        entry.reason, entry.detail = chain.skip.reason, chain.skip.detail
+        return entry
+    backward_answer = _try_rules(context, chain, backward)
+    answer = backward_answer
+    if not isinstance(answer, Folded):
+        forward_answer = _try_rules(context, chain, forward)
+        if isinstance(forward_answer, Folded) or answer is None:
+            answer = forward_answer
+    if isinstance(answer, Folded):
+        entry.outcome, entry.target, entry.via = answer.outcome, answer.target, answer.via
+    elif isinstance(answer, Skip):
+        entry.reason, entry.detail = answer.reason, answer.detail
+    else:
+        producer = chain.input.producer()
+        where = f"{node_label(producer)}" if producer is not None else "the graph input"
+        entry.reason = Reason.NO_LINEAR_NEIGHBOUR
+        entry.detail = f"follows {where}, which no rule can fold into"
+    return entry
+
+
+def _fold_graph(
+    graph: ir.Graph, names: NameFactory, backward: Sequence[Rule], forward: Sequence[Rule]
+) -> list[FoldEntry]:
+    context = FoldContext(graph, names)
+    folded: list[FoldEntry] = []
+    while True:
+        left: list[FoldEntry] = []
+        changed = False
+        for chain in find_affine_chains(graph):
+            if any(node.graph is not graph for node in chain.nodes):
+                continue  # removed by an earlier fold in this pass
+            entry = _fold_chain(context, chain, backward, forward)
+            if entry.folded:
+                folded.append(entry)
+                changed = True
+            elif chain.is_bn_like:
+                left.append(entry)
+        if not changed:
+            return folded + left
+
+
+def _dead_initializer_names(graph: ir.Graph) -> set[str]:
+    return {
+        name
+        for name, value in graph.initializers.items()
+        if not list(value.uses()) and not value.is_graph_input() and not value.is_graph_output()
+    }
+
+
+def _live_constants(graph: ir.Graph) -> set[int]:
+    return {
+        id(node)
+        for node in graph
+        if node.op_type == "Constant"
+        and any(list(out.uses()) or out.is_graph_output() for out in node.outputs)
+    }
+
+
+def _drop_constants_made_dead(graph: ir.Graph, live_before: set[int]) -> None:
+    live_now = _live_constants(graph)
+    dead = [node for node in graph if id(node) in live_before and id(node) not in live_now]
+    graph.remove(dead, safe=True)
+
+
+def fold_model(
+    model: ir.Model,
+    *,
+    backward_rules: Sequence[Rule] = BACKWARD_RULES,
+    forward_rules: Sequence[Rule] = FORWARD_RULES,
+) -> FoldResult:
+    """Fold every BN and BN-like affine the rules can take, in place, and log each one.
+
+    A model with nothing to fold comes back untouched (no metadata added, nothing dropped).
+    """
+    names = NameFactory(model)
+    result = FoldResult(model)
+    for graph in iter_graphs(model.graph):
+        dead_before = _dead_initializer_names(graph)
+        live_constants = _live_constants(graph)
+        entries = _fold_graph(graph, names, backward_rules, forward_rules)
+        result.entries.extend(entries)
+        if any(entry.folded for entry in entries):
+            for name in _dead_initializer_names(graph) - dead_before:
+                graph.initializers.pop(name)
+            _drop_constants_made_dead(graph, live_constants)
+    if result.changed:
+        counts = result.counts()
+        model.metadata_props[METADATA_KEY] = json.dumps(
+            {key: counts[key] for key in ("found", "folded_into_previous", "folded_into_next", "left")},
+            sort_keys=True,
+        )
+    return result
+
+
+__all__ = ["FoldResult", "fold_model"]

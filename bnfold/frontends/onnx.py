@@ -1,0 +1,171 @@
+"""Read and write ONNX models: validation, safe external data, shape inference, atomic save.
+
+External data is read only from inside the model's folder. Output is written to a temporary
+folder beside OUT and renamed into place, so a failed write leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from bnfold.errors import InputError, OutputError
+from bnfold.graph import iter_graphs
+from bnfold.specs import InputSpec
+
+# Protobuf cannot serialise a message over 2 GiB; stay clear of the limit.
+INLINE_LIMIT_BYTES = 1_800_000_000
+ONNX_SUFFIXES = (".onnx",)
+
+
+def _external_locations(proto: onnx.ModelProto) -> Iterator[str]:
+    def tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from tensors(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from tensors(subgraph)
+
+    for tensor in tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    yield entry.value
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    root = folder.resolve()
+    for location in _external_locations(proto):
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise InputError(f"external data location {location!r} is outside the model's folder")
+        if not target.is_file():
+            raise InputError(f"external data file {location!r} is missing")
+
+
+def read_proto(path: Path) -> onnx.ModelProto:
+    """Parse and validate an ONNX file without loading its external data."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise InputError(f"{path}: not an ONNX model ({type(error).__name__})") from error
+    if not proto.graph.node and not proto.graph.output:
+        raise InputError(f"{path}: not an ONNX model (no graph)")
+    _check_external_data(proto, path.parent)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise InputError(f"{path}: invalid ONNX model: {first_line}") from error
+    return proto
+
+
+def with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes help prove channel axes through Reshape/Flatten; a model they fail on still folds."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        return proto
+
+
+def load_onnx(path: str | os.PathLike[str]) -> ir.Model:
+    """Load an ONNX model for folding: validated, shapes inferred, external data left lazy."""
+    path = Path(path)
+    proto = with_shapes(read_proto(path))
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:
+        raise InputError(f"{path}: cannot read the graph ({error})") from error
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    return model
+
+
+def has_external_tensors(model: ir.Model) -> bool:
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for graph in iter_graphs(model.graph)
+        for value in graph.initializers.values()
+    )
+
+
+def weight_bytes(model: ir.Model) -> int:
+    return sum(
+        value.const_value.nbytes
+        for graph in iter_graphs(model.graph)
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    )
+
+
+def needs_external_data(model: ir.Model) -> bool:
+    return has_external_tensors(model) or weight_bytes(model) > INLINE_LIMIT_BYTES
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    """The graph inputs a caller must feed (initializers that are also inputs are optional)."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else None
+        if dtype is None:
+            raise InputError(f"input {value.name} has no tensor type")
+        shape = tuple(
+            dim if isinstance(dim, int) else (dim.value if dim.value else None)
+            for dim in (value.shape or ())
+        )
+        specs.append(InputSpec(value.name or "", shape, dtype))
+    return specs
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target``; whatever the caller writes there and moves out
+    stays, the rest is removed even on failure."""
+    folder = target.parent
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist")
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write ({error.strerror})") from error
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def save_onnx(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
+    """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
+    model is too large for one protobuf or its weights came from external data."""
+    path = Path(path)
+    external = needs_external_data(model) if external_data is None else external_data
+    with atomic_folder(path) as scratch:
+        staged = scratch / path.name
+        data_name = f"{path.name}.data"
+        try:
+            if external:
+                ir.save(model, staged, external_data=data_name)
+            else:
+                ir.save(model, staged)
+            if external:
+                os.replace(scratch / data_name, path.parent / data_name)
+            os.replace(staged, path)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error

@@ -1,0 +1,173 @@
+"""Thin helpers over the onnx_ir graph: constants, sole consumers, naming, weight rewrites."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+# Ops that only move data around: a per-channel affine can be folded through them when the
+# channel mapping is proven (see bnfold/rules/layout.py).
+LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+def node_label(node: ir.Node) -> str:
+    """A name for the user: the node's name, else its first output's name."""
+    if node.name:
+        return node.name
+    first = node.outputs[0].name if node.outputs else None
+    return f"{node.op_type}({first})" if first else node.op_type
+
+
+def constant_array(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
+    """The value's array if it is a true constant: an initializer that is NOT also a graph
+    input (those can be overridden at run time), or a Constant node's output."""
+    if value is None or value.is_graph_input():
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is None or producer.op_type != "Constant" or producer.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except Exception:  # an unusual Constant (sparse, string) is simply not a constant for us
+        return None
+    return None if tensor is None else tensor.numpy()
+
+
+def sole_consumer(value: ir.Value) -> ir.Node | None:
+    """The one node that reads ``value``, if exactly one does and it is not a graph output."""
+    if value.is_graph_output():
+        return None
+    uses = list(value.uses())
+    if len(uses) != 1:
+        return None
+    consumers = {id(use.node) for use in uses}
+    return uses[0].node if len(consumers) == 1 else None
+
+
+def rank_of(value: ir.Value) -> int | None:
+    return None if value.shape is None else value.shape.rank()
+
+
+def static_dims(value: ir.Value) -> tuple[int | None, ...] | None:
+    """The value's dimensions, ``None`` where a dimension is dynamic; ``None`` if rank unknown."""
+    if value.shape is None:
+        return None
+    return tuple(dim if isinstance(dim, int) else None for dim in value.shape)
+
+
+def int_attr(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.as_int())
+
+
+def float_attr(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.as_float())
+
+
+def ints_attr(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else [int(v) for v in attr.as_ints()]
+
+
+def string_attr(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else str(attr.as_string())
+
+
+def iter_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """The graph and every subgraph (If/Loop/Scan bodies) below it."""
+    yield graph
+    yield from graph.subgraphs()
+
+
+class NameFactory:
+    """Fresh value names that collide with nothing in the model."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._taken: set[str] = set()
+        for graph in iter_graphs(model.graph):
+            self._taken.update(graph.initializers)
+            self._taken.update(v.name for v in graph.inputs if v.name)
+            for node in graph:
+                self._taken.update(v.name for v in node.outputs if v.name)
+
+    def fresh(self, base: str) -> str:
+        for index in itertools.count():
+            candidate = base if index == 0 else f"{base}_{index}"
+            if candidate not in self._taken:
+                self._taken.add(candidate)
+                return candidate
+        raise AssertionError("unreachable")
+
+
+def set_constant_input(
+    graph: ir.Graph,
+    node: ir.Node,
+    index: int,
+    array: npt.NDArray[np.generic],
+    names: NameFactory,
+    name_hint: str,
+) -> None:
+    """Make input ``index`` of ``node`` the constant ``array``.
+
+    An initializer read only by this node is rewritten in place (its name kept); one shared
+    with other nodes, a Constant node's output or an absent input gets a fresh initializer, so
+    a shared weight is copied before it changes and is never scaled twice.
+    """
+    current = node.inputs[index] if index < len(node.inputs) else None
+    if (
+        current is not None
+        and current.const_value is not None
+        and current.name in graph.initializers
+        and graph.initializers[current.name] is current
+        and not current.is_graph_input()
+        and len(list(current.uses())) == 1
+    ):
+        current.const_value = ir.tensor(array, name=current.name)
+        current.shape = ir.Shape(array.shape)
+        return
+    name = names.fresh(name_hint)
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+
+
+def bypass(graph: ir.Graph, removed_output: ir.Value, replacement: ir.Value) -> None:
+    """Point every reader of ``removed_output`` at ``replacement``; when ``removed_output`` is
+    a graph output, ``replacement`` takes its place and its name, so output names survive."""
+    was_output = removed_output.is_graph_output()
+    name = removed_output.name
+    removed_output.replace_all_uses_with(replacement, replace_graph_outputs=True)
+    if was_output and name is not None:
+        removed_output.name = None
+        replacement.name = name
+
+
+def remove_nodes(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    graph.remove(nodes, safe=True)
+
+
+def drop_dead_initializers(graph: ir.Graph) -> int:
+    """Remove initializers nothing reads (graph inputs and outputs are kept); returns the count."""
+    dead = [
+        name
+        for name, value in graph.initializers.items()
+        if not list(value.uses()) and not value.is_graph_input() and not value.is_graph_output()
+    ]
+    for name in dead:
+        graph.initializers.pop(name)
+    return len(dead)

@@ -1,0 +1,213 @@
+"""What every fold rule shares: the context it works in, its answer, and the backward walk.
+
+A rule answers ``Folded`` (it rewrote the graph), ``Skip`` (it matched but declined, with a
+reason) or ``None`` (the pattern is not its business). Rules compute every new array before
+they touch the graph, so a declined fold leaves the graph as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+from bnfold.affine import FoldArithmeticError, ScaleShift, cast_checked
+from bnfold.foldlog import Outcome, Reason, Skip
+from bnfold.graph import (
+    LAYOUT_OPS,
+    NameFactory,
+    bypass,
+    constant_array,
+    node_label,
+    rank_of,
+    remove_nodes,
+    set_constant_input,
+    sole_consumer,
+)
+from bnfold.rules.affines import FLOAT_TYPES, AffineChain
+from bnfold.rules.layout import map_channel_axis
+
+
+@dataclass
+class FoldContext:
+    graph: ir.Graph
+    names: NameFactory
+
+
+@dataclass(frozen=True)
+class Folded:
+    outcome: Outcome
+    target: list[str]
+    via: list[str] = field(default_factory=list)
+
+
+class Rule(Protocol):
+    def fold(self, context: FoldContext, chain: AffineChain) -> Folded | Skip | None: ...
+
+
+@dataclass
+class LinearLayer:
+    """A linear node as the backward walk sees it: its output has ``channels`` channels on
+    axis ``channel_axis`` of a rank-``rank`` tensor."""
+
+    node: ir.Node
+    weight: npt.NDArray[np.generic]
+    bias: npt.NDArray[np.generic] | None
+    channels: int
+    channel_axis: int
+    rank: int | None
+
+
+def weight_dtype_skip(weight: npt.NDArray[np.generic]) -> Skip | None:
+    if weight.dtype.kind == "f" or weight.dtype.name == "bfloat16":
+        return None
+    return Skip(Reason.UNSUPPORTED_DTYPE, f"weights are {weight.dtype.name}, not floating point")
+
+
+def cast_like(
+    array: npt.NDArray[np.float64], like: npt.NDArray[np.generic]
+) -> npt.NDArray[np.generic]:
+    return cast_checked(array, like.dtype)
+
+
+class BackwardRule:
+    """Fold an affine into the linear layer before it: ``W'`` scaled along the OUTPUT-channel
+    axis, ``b' = s*b + t``. Subclasses say which op, where its weight and bias live and how
+    to rewrite them; the walk through layout ops and the safety checks live here."""
+
+    op_type: str = ""
+
+    def describe(self, node: ir.Node) -> LinearLayer | Skip:
+        raise NotImplementedError
+
+    def rewrite(
+        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
+    ) -> None:
+        """Compute the new weights (may raise FoldArithmeticError), then write them."""
+        raise NotImplementedError
+
+    def fold(self, context: FoldContext, chain: AffineChain) -> Folded | Skip | None:
+        walked = walk_back(chain)
+        if isinstance(walked, Skip):
+            return walked
+        producer, layout_nodes = walked
+        if producer.op_type != self.op_type or producer.domain not in ("", "ai.onnx"):
+            return None
+        if not self.applies_to(chain):
+            return None
+        if path_skip := exclusive_path_skip(chain, producer, layout_nodes):
+            return path_skip
+        layer = self.describe(producer)
+        if isinstance(layer, Skip):
+            return layer
+        if dtype_skip := weight_dtype_skip(layer.weight):
+            return dtype_skip
+        axis = layer.channel_axis
+        for layout_node in layout_nodes:
+            mapped = map_channel_axis(layout_node, axis, layer.channels)
+            if isinstance(mapped, Skip):
+                return mapped
+            axis = mapped
+        resolved = chain.resolve(rank_of(chain.input) if layout_nodes else layer.rank)
+        if isinstance(resolved, Skip):
+            return resolved
+        affine, chain_axis = resolved
+        if chain_axis is not None and chain_axis != axis:
+            return Skip(
+                Reason.CHANNEL_MISMATCH,
+                f"the BN acts on axis {chain_axis}, {node_label(producer)} writes channels on "
+                f"axis {axis}",
+            )
+        if affine.channels not in (1, layer.channels):
+            return Skip(
+                Reason.CHANNEL_MISMATCH,
+                f"the BN has {affine.channels} channels, {node_label(producer)} has "
+                f"{layer.channels}",
+            )
+        try:
+            self.rewrite(context, layer, affine.broadcast_to(layer.channels), chain)
+        except FoldArithmeticError as error:
+            return Skip(Reason.DTYPE_RANGE, str(error))
+        remove_affine_chain(context, chain)
+        return Folded(
+            Outcome.FOLDED_INTO_PREVIOUS,
+            [node_label(producer)],
+            [node_label(node) for node in layout_nodes],
+        )
+
+    def applies_to(self, chain: AffineChain) -> bool:
+        """Whether folding would remove something; layers with a bias slot take any chain."""
+        return True
+
+
+def walk_back(chain: AffineChain) -> tuple[ir.Node, list[ir.Node]] | Skip:
+    """The node that produces the chain's input, looking through layout ops; returns it and
+    the layout ops in data order."""
+    value = chain.input
+    layout_nodes: list[ir.Node] = []
+    while True:
+        producer = value.producer()
+        if producer is None:
+            return Skip(Reason.NO_LINEAR_NEIGHBOUR, f"reads the graph input {value.name}")
+        if producer.op_type not in LAYOUT_OPS or producer.inputs[0] is None:
+            return producer, list(reversed(layout_nodes))
+        layout_nodes.append(producer)
+        value = producer.inputs[0]
+
+
+def exclusive_path_skip(chain: AffineChain, producer: ir.Node, layout_nodes: list[ir.Node]) -> Skip | None:
+    """Every value from the linear layer to the chain must be read by the next step alone and
+    be no graph output, or folding would change what other readers see."""
+    readers = [*layout_nodes, chain.ops[0].node]
+    values = [producer.outputs[0], *(node.outputs[0] for node in layout_nodes)]
+    for value, reader in zip(values, readers, strict=True):
+        if value.is_graph_output():
+            return Skip(Reason.GRAPH_OUTPUT, f"{value.name} is a graph output")
+        if sole_consumer(value) is not reader:
+            writer = value.producer()
+            where = node_label(writer) if writer is not None else value.name
+            return Skip(Reason.SHARED_OUTPUT, f"the output of {where} has other readers")
+    return None
+
+
+def remove_affine_chain(context: FoldContext, chain: AffineChain) -> None:
+    """Drop the chain's nodes; its readers (or the graph output) now read its input."""
+    output, source = chain.output, chain.input
+    bypass(context.graph, output, source)
+    remove_nodes(context.graph, chain.nodes)
+
+
+def constant_weight(node: ir.Node, index: int) -> npt.NDArray[np.generic] | Skip:
+    value = node.inputs[index] if index < len(node.inputs) else None
+    array = constant_array(value)
+    if array is None:
+        name = value.name if value is not None else "?"
+        return Skip(Reason.WEIGHT_NOT_CONSTANT, f"{node_label(node)} reads {name}, not a constant")
+    return array
+
+
+def optional_constant(node: ir.Node, index: int) -> npt.NDArray[np.generic] | None | Skip:
+    """An optional input: ``None`` when absent, the array when constant, Skip otherwise."""
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    return constant_weight(node, index)
+
+
+def output_is_float(node: ir.Node) -> bool:
+    dtype = node.outputs[0].dtype
+    return dtype is None or dtype in FLOAT_TYPES
+
+
+def write_weight_and_bias(
+    context: FoldContext,
+    node: ir.Node,
+    weight: npt.NDArray[np.generic],
+    bias: npt.NDArray[np.generic],
+) -> None:
+    """Conv and ConvTranspose keep the weight at input 1 and the bias at input 2."""
+    label = node_label(node)
+    set_constant_input(context.graph, node, 1, weight, context.names, f"{label}_weight_bnfold")
+    set_constant_input(context.graph, node, 2, bias, context.names, f"{label}_bias_bnfold")

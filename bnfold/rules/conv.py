@@ -1,0 +1,43 @@
+"""Conv then affine: ``W' = W * s`` along axis 0 of ``[out, in/g, k...]``, ``b' = s*b + t``.
+
+Any group count, dilation and stride: every output channel owns exactly one slice of axis 0.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from bnfold.affine import ScaleShift, fold_after
+from bnfold.foldlog import Skip
+from bnfold.rules.affines import AffineChain
+from bnfold.rules.base import (
+    BackwardRule,
+    FoldContext,
+    LinearLayer,
+    cast_like,
+    constant_weight,
+    optional_constant,
+    write_weight_and_bias,
+)
+
+
+class ConvThenAffine(BackwardRule):
+    op_type = "Conv"
+
+    def describe(self, node: ir.Node) -> LinearLayer | Skip:
+        weight = constant_weight(node, 1)
+        if isinstance(weight, Skip):
+            return weight
+        bias = optional_constant(node, 2)
+        if isinstance(bias, Skip):
+            return bias
+        return LinearLayer(node, weight, bias, weight.shape[0], 1, weight.ndim)
+
+    def rewrite(
+        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
+    ) -> None:
+        weight, bias = fold_after(layer.weight, layer.bias, affine, output_axis=0)
+        new_weight = cast_like(weight, layer.weight)
+        new_bias = cast_like(bias, layer.weight)
+        write_weight_and_bias(context, layer.node, new_weight, new_bias)
+

@@ -1,0 +1,46 @@
+"""ConvTranspose then affine: weight ``[in, out/g, k...]``; output channel
+``o = group*(out/g) + j`` takes ``W[i, j]`` for the input channels ``i`` of its group, so
+``W'[i, j] = W[i, j] * s[group(i)*(out/g) + j]`` and ``b' = s*b + t``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.affine import ScaleShift, as_float64_vector, grouped_transpose_scale
+from bnfold.foldlog import Skip
+from bnfold.graph import int_attr
+from bnfold.rules.affines import AffineChain
+from bnfold.rules.base import (
+    BackwardRule,
+    FoldContext,
+    LinearLayer,
+    cast_like,
+    constant_weight,
+    optional_constant,
+    write_weight_and_bias,
+)
+
+
+class ConvTransposeThenAffine(BackwardRule):
+    op_type = "ConvTranspose"
+
+    def describe(self, node: ir.Node) -> LinearLayer | Skip:
+        weight = constant_weight(node, 1)
+        if isinstance(weight, Skip):
+            return weight
+        bias = optional_constant(node, 2)
+        if isinstance(bias, Skip):
+            return bias
+        channels = weight.shape[1] * int_attr(node, "group", 1)
+        return LinearLayer(node, weight, bias, channels, 1, weight.ndim)
+
+    def rewrite(
+        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
+    ) -> None:
+        groups = int_attr(layer.node, "group", 1)
+        weight = grouped_transpose_scale(layer.weight, affine.scale, groups)
+        bias = np.zeros(layer.channels) if layer.bias is None else as_float64_vector(layer.bias)
+        new_bias = cast_like(affine.scale * bias + affine.shift, layer.weight)
+        write_weight_and_bias(context, layer.node, cast_like(weight, layer.weight), new_bias)

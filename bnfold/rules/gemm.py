@@ -1,0 +1,61 @@
+"""Gemm then affine. ``Y = alpha * A' B' + beta * C`` with ``B`` of shape ``[K, N]`` (or
+``[N, K]`` when ``transB=1``); the affine acts on the N axis of ``Y``:
+
+    B' = B * s along N        C' = s * (beta * C) + t        beta' = 1
+
+``alpha`` is untouched; an absent ``C`` becomes ``t``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.affine import ScaleShift, along_axis
+from bnfold.foldlog import Skip
+from bnfold.graph import float_attr, int_attr, node_label, set_constant_input
+from bnfold.rules.affines import AffineChain
+from bnfold.rules.base import (
+    BackwardRule,
+    FoldContext,
+    LinearLayer,
+    cast_like,
+    constant_weight,
+    optional_constant,
+)
+
+
+class GemmThenAffine(BackwardRule):
+    op_type = "Gemm"
+
+    def describe(self, node: ir.Node) -> LinearLayer | Skip:
+        weight = constant_weight(node, 1)
+        if isinstance(weight, Skip):
+            return weight
+        bias = optional_constant(node, 2)
+        if isinstance(bias, Skip):
+            return bias
+        channels = weight.shape[0] if int_attr(node, "transB", 0) else weight.shape[1]
+        return LinearLayer(node, weight, bias, channels, 1, 2)
+
+    def rewrite(
+        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
+    ) -> None:
+        node = layer.node
+        n_axis = 0 if int_attr(node, "transB", 0) else 1
+        weight = np.asarray(layer.weight, dtype=np.float64)
+        new_weight = cast_like(weight * along_axis(affine.scale, n_axis, 2), layer.weight)
+        if layer.bias is None:
+            new_bias = affine.shift
+        else:
+            scaled = float_attr(node, "beta", 1.0) * np.asarray(layer.bias, dtype=np.float64)
+            new_bias = affine.scale * scaled + affine.shift  # C broadcasts over [M, N]
+        new_bias_cast = cast_like(new_bias, layer.weight)
+        label = node_label(node)
+        set_constant_input(
+            context.graph, node, 1, new_weight, context.names, f"{label}_B_bnfold"
+        )
+        set_constant_input(
+            context.graph, node, 2, new_bias_cast, context.names, f"{label}_C_bnfold"
+        )
+        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
