@@ -9,7 +9,6 @@ from bnfold.errors import BnfoldError, CheckFailedError, InputError, OutputError
 from bnfold.fold import FoldResult, fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
 
-
 __all__ = [
     "BnfoldError",
     "CheckFailedError",

@@ -1,20 +1,19 @@
 """The library: ``fold``, ``check`` and ``inspect``, usable in a pipeline without the CLI.
 
-    result = bnfold.fold("model.onnx", output="folded.onnx")   # raises CheckFailedError
-    print(result.counts(), result.check.max_rel)
+result = bnfold.fold("model.onnx", output="folded.onnx")   # raises CheckFailedError
+print(result.counts(), result.check.max_rel)
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx_ir as ir
@@ -26,10 +25,17 @@ from bnfold.check.equivalence import (
     run_model,
 )
 from bnfold.comparison import CheckResult, compare_outputs
-from bnfold.errors import CheckFailedError, InputError, UsageError
+from bnfold.errors import CheckFailedError, OutputError, UsageError
 from bnfold.fold import FoldResult, fold_model
-from bnfold.foldlog import FoldEntry, Outcome
-from bnfold.frontends.onnx import ONNX_SUFFIXES, input_specs, load_onnx, save_onnx
+from bnfold.foldlog import FoldEntry
+from bnfold.frontends.onnx import (
+    ONNX_SUFFIXES,
+    atomic_folder,
+    has_external_tensors,
+    input_specs,
+    load_onnx,
+    save_onnx,
+)
 from bnfold.specs import InputSpec
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -57,7 +63,9 @@ def _feeds(
     return dict(inputs), "given by the caller"
 
 
-def _validate_output(source: Any, output: str | os.PathLike[str] | None, overwrite_input: bool) -> None:
+def _validate_output(
+    source: Any, output: str | os.PathLike[str] | None, overwrite_input: bool
+) -> None:
     if output is None:
         return
     suffix = _suffix(output)
@@ -107,16 +115,23 @@ def fold(
     """
     _validate_output(model, output, overwrite_input)
     if _is_keras_path(model):
+        assert isinstance(model, str | os.PathLike)
         return _fold_keras(
-            Path(model), output=output, check=check, inputs=inputs, dims=dims, seed=seed,
-            rtol=rtol, atol=atol, allow_unsafe=allow_unsafe, opset=opset,
+            Path(model),
+            output=output,
+            check=check,
+            inputs=inputs,
+            dims=dims,
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+            allow_unsafe=allow_unsafe,
+            opset=opset,
         )
     started = time.perf_counter()
     ir_model, reference = _reference_source(model)
     loaded = time.perf_counter()
-    feeds, description = (
-        _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
-    )
+    feeds, description = _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
     result = fold_model(ir_model)
     folded = time.perf_counter()
     result.seconds = {"load": loaded - started, "fold": folded - loaded}
@@ -125,11 +140,22 @@ def fold(
         actual = run_model(ir_model, feeds)
         result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
         result.seconds["check"] = time.perf_counter() - folded
-    _write(result, output)
+    unchanged_file = (
+        Path(model)
+        if isinstance(model, str | os.PathLike)
+        and not result.changed
+        and not has_external_tensors(ir_model)
+        else None
+    )
+    _write(result, output, copy_of=unchanged_file)
     return result
 
 
-def _write(result: FoldResult, output: str | os.PathLike[str] | None) -> None:
+def _write(
+    result: FoldResult, output: str | os.PathLike[str] | None, copy_of: Path | None = None
+) -> None:
+    """Write the folded model; ``copy_of`` names an input file to copy byte for byte
+    because nothing in it was folded."""
     if output is None:
         return
     if result.check is not None and not result.check.passed:
@@ -143,22 +169,35 @@ def _write(result: FoldResult, output: str | os.PathLike[str] | None) -> None:
         from bnfold.frontends import keras as keras_frontend
 
         _save_keras_atomically(keras_frontend, result.keras_model, Path(output))
+    elif copy_of is not None:
+        _copy_atomically(copy_of, Path(output))
     else:
+        assert result.model is not None
         save_onnx(result.model, output)
     result.output = str(output)
     result.seconds["write"] = time.perf_counter() - started
 
 
-def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
-    from bnfold.frontends.onnx import atomic_folder
+def _copy_atomically(source: Path, path: Path) -> None:
+    with atomic_folder(path) as scratch:
+        staged = scratch / path.name
+        try:
+            shutil.copyfile(source, staged)
+            os.replace(staged, path)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
 
+
+def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
     with atomic_folder(path) as scratch:
         staged = scratch / path.name
         frontend.save_keras_model(keras_model, staged)
         os.replace(staged, path)
 
 
-def _merge_stage_logs(keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]) -> list[FoldEntry]:
+def _merge_stage_logs(
+    keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]
+) -> list[FoldEntry]:
     """One entry per BN: a BN the Keras pass left that the ONNX pass (whose node names carry
     the Keras layer name) then folded is reported as folded; a BN left by both is reported
     once, by its Keras name."""
@@ -197,7 +236,9 @@ def _fold_keras(
     original = keras_frontend.load_keras_model(path, allow_unsafe=allow_unsafe)
     loaded = time.perf_counter()
     feeds, description = (
-        _feeds(keras_frontend.keras_input_specs(original), inputs, seed, dims) if check else ({}, "")
+        _feeds(keras_frontend.keras_input_specs(original), inputs, seed, dims)
+        if check
+        else ({}, "")
     )
     expected = keras_frontend.predict_keras(original, feeds) if check else {}
     folded_keras, keras_entries = keras_frontend.fold_keras_model(original)
@@ -218,7 +259,7 @@ def _fold_keras(
     if check:
         checked = time.perf_counter()
         actual = (
-            run_model(result.model, feeds)
+            run_model(onnx_model, feeds)
             if to_onnx
             else keras_frontend.predict_keras(folded_keras, feeds)
         )
@@ -241,7 +282,7 @@ def _outputs_of(
 
         assert isinstance(model, str | os.PathLike)
         loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
-        return dict(keras_frontend.predict_keras(loaded, feeds))
+        return dict(keras_frontend.predict_keras(loaded, dict(feeds)))
     if isinstance(model, onnx.ModelProto):
         return run_model(model.SerializeToString(), feeds)
     if isinstance(model, ir.Model):

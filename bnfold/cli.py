@@ -125,7 +125,10 @@ def cli() -> None:
 @cli.command("fold")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False),
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
     help="Where to write the folded model: .onnx, or .keras/.h5 for Keras input.",
 )
 @click.option("--no-check", is_flag=True, help="Skip the equivalence check (not recommended).")
@@ -133,7 +136,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--opset", type=int, default=None, help="ONNX opset for Keras to ONNX conversion.")
 @click.option(
-    "--allow-unsafe", is_flag=True,
+    "--allow-unsafe",
+    is_flag=True,
     help="Let Keras deserialise custom code (Lambda layers). Only for files you trust.",
 )
 @click.option("--overwrite-input", is_flag=True, help="Allow OUT to be the input file.")
@@ -167,8 +171,16 @@ def fold_command(
     def action() -> None:
         try:
             result = api.fold(
-                model, output=output, check=not no_check, inputs=inputs_path, dims=dim_sizes,
-                seed=seed, rtol=rtol, atol=atol, allow_unsafe=allow_unsafe, opset=opset,
+                model,
+                output=output,
+                check=not no_check,
+                inputs=inputs_path,
+                dims=dim_sizes,
+                seed=seed,
+                rtol=rtol,
+                atol=atol,
+                allow_unsafe=allow_unsafe,
+                opset=opset,
                 overwrite_input=overwrite_input,
             )
         except CheckFailedError as error:
@@ -227,8 +239,14 @@ def check_command(
 
     def action() -> None:
         result = api.check(
-            reference, candidate, inputs=inputs_path, dims=dim_sizes, seed=seed, rtol=rtol,
-            atol=atol, allow_unsafe=allow_unsafe,
+            reference,
+            candidate,
+            inputs=inputs_path,
+            dims=dim_sizes,
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+            allow_unsafe=allow_unsafe,
         )
         if as_json:
             _emit_json(report.check_document(result, reference=reference, candidate=candidate))

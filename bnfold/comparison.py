@@ -84,8 +84,16 @@ def compare_output(
     shape = list(reference.shape)
     if reference.shape != candidate.shape:
         return OutputComparison(
-            name, str(reference.dtype), shape, float("inf"), float("inf"), float("inf"),
-            rtol, atol, False, f"shape {list(candidate.shape)} differs from {shape}",
+            name,
+            str(reference.dtype),
+            shape,
+            float("inf"),
+            float("inf"),
+            float("inf"),
+            rtol,
+            atol,
+            False,
+            f"shape {list(candidate.shape)} differs from {shape}",
         )
     if reference.dtype.kind not in "fc":
         mismatches = int(np.count_nonzero(reference != candidate))
@@ -100,8 +108,16 @@ def compare_output(
     if np.any(ref_nan != cand_nan):
         count = int(np.count_nonzero(ref_nan != cand_nan))
         return OutputComparison(
-            name, str(reference.dtype), shape, float("nan"), float("nan"), float("nan"),
-            rtol, atol, False, f"NaN in {count} elements of one model only",
+            name,
+            str(reference.dtype),
+            shape,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            rtol,
+            atol,
+            False,
+            f"NaN in {count} elements of one model only",
         )
     valid = ~ref_nan
     if not np.any(valid):
@@ -132,8 +148,16 @@ def compare_outputs(
         if name not in candidate:
             result.outputs.append(
                 OutputComparison(
-                    name, str(expected.dtype), list(expected.shape), float("inf"),
-                    float("inf"), float("inf"), 0.0, 0.0, False, "missing from the folded model",
+                    name,
+                    str(expected.dtype),
+                    list(expected.shape),
+                    float("inf"),
+                    float("inf"),
+                    float("inf"),
+                    0.0,
+                    0.0,
+                    False,
+                    "missing from the folded model",
                 )
             )
             continue

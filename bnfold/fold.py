@@ -173,7 +173,10 @@ def fold_model(
     if result.changed:
         counts = result.counts()
         model.metadata_props[METADATA_KEY] = json.dumps(
-            {key: counts[key] for key in ("found", "folded_into_previous", "folded_into_next", "left")},
+            {
+                key: counts[key]
+                for key in ("found", "folded_into_previous", "folded_into_next", "left")
+            },
             sort_keys=True,
         )
     return result

@@ -125,8 +125,8 @@ def set_constant_input(
     if (
         current is not None
         and current.const_value is not None
-        and current.name in graph.initializers
-        and graph.initializers[current.name] is current
+        and current.name is not None
+        and graph.initializers.get(current.name) is current
         and not current.is_graph_input()
         and len(list(current.uses())) == 1
     ):

@@ -48,9 +48,7 @@ def format_log(result: FoldResult) -> str:
 def format_check(check: CheckResult) -> str:
     lines = [f"Check on {check.inputs}" if check.inputs else "Check"]
     width = max([len(output.name) for output in check.outputs] + [6])
-    lines.append(
-        f"  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  {'mean abs':>10}  gate"
-    )
+    lines.append(f"  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  {'mean abs':>10}  gate")
     for output in check.outputs:
         verdict = "pass" if output.passed else "FAIL"
         gate = f"{verdict} (atol {output.atol:g}, rtol {output.rtol:g})"

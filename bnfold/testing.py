@@ -83,7 +83,9 @@ def fold_and_compare(
 ) -> tuple[FoldResult, CheckResult, onnx.ModelProto]:
     """Fold a copy of ``proto``; run both in onnxruntime (no optimisations) on the same inputs."""
     model = ir.serde.deserialize_model(proto)
-    feeds = inputs if inputs is not None else random_inputs(input_specs(model), seed=seed, dims=dims)
+    feeds = (
+        inputs if inputs is not None else random_inputs(input_specs(model), seed=seed, dims=dims)
+    )
     result = fold_model(model)
     folded = ir.serde.serialize_model(model)
     onnx.checker.check_model(folded, full_check=True)
@@ -93,3 +95,20 @@ def fold_and_compare(
 
 def op_types(proto: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in proto.graph.node]
+
+
+def graph_signature(proto: onnx.ModelProto) -> dict[str, Any]:
+    """What makes two models the same model: nodes, weights, inputs, outputs, opsets,
+    IR version and metadata (value_info, which only caches shapes, is left out)."""
+    graph = proto.graph
+    return {
+        "ir_version": proto.ir_version,
+        "opsets": sorted((opset.domain, opset.version) for opset in proto.opset_import),
+        "metadata": sorted((entry.key, entry.value) for entry in proto.metadata_props),
+        "inputs": [value.SerializeToString() for value in graph.input],
+        "outputs": [value.SerializeToString() for value in graph.output],
+        "nodes": [node.SerializeToString() for node in graph.node],
+        "initializers": sorted(
+            (tensor.name, numpy_helper.to_array(tensor).tobytes()) for tensor in graph.initializer
+        ),
+    }

@@ -68,7 +68,9 @@ def random_inputs(
     return feeds
 
 
-def load_npz_inputs(path: str | os.PathLike[str], specs: list[InputSpec]) -> dict[str, npt.NDArray[Any]]:
+def load_npz_inputs(
+    path: str | os.PathLike[str], specs: list[InputSpec]
+) -> dict[str, npt.NDArray[Any]]:
     """User inputs from an .npz holding one array per model input, named like the inputs."""
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -231,10 +231,16 @@ def load_keras_model(path: Path, *, allow_unsafe: bool = False) -> Any:
             return keras.saving.load_model(str(path), safe_mode=not allow_unsafe, compile=False)
     except Exception as error:
         custom = _custom_layers(stored_config, keras)
-        if custom:
+        if custom and path.suffix.lower() == ".keras":
             raise InputError(
                 f"{path}: layer {custom[0]} is a custom class that Keras cannot rebuild without "
                 "its Python code; bnfold reads models built from Keras' own layers"
+            ) from error
+        if custom:
+            raise InputError(
+                f"{path}: layer {custom[0]} is not a Keras {keras.__version__} layer (a custom "
+                "class, or a legacy layer Keras 3 cannot rebuild); bnfold reads models built "
+                "from Keras' own layers"
             ) from error
         if path.suffix.lower() != ".keras":
             raise InputError(

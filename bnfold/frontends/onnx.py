@@ -151,7 +151,9 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def save_onnx(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
+def save_onnx(
+    model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None
+) -> None:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
     model is too large for one protobuf or its weights came from external data."""
     path = Path(path)

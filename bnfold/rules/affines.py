@@ -150,7 +150,9 @@ def _batchnorm_op(node: ir.Node) -> AffineOp | None:
     gamma, beta, mean, var = (as_float64_vector(param) for param in params)  # type: ignore[arg-type]
     lengths = {gamma.size, beta.size, mean.size, var.size}
     if len(lengths) != 1:
-        skip = Skip(Reason.INVALID_PARAMS, f"BN parameters have different lengths {sorted(lengths)}")
+        skip = Skip(
+            Reason.INVALID_PARAMS, f"BN parameters have different lengths {sorted(lengths)}"
+        )
         return AffineOp(node, data, None, skip=skip)
     try:
         affine = batchnorm_scale_shift(gamma, beta, mean, var, float_attr(node, "epsilon", 1e-5))
@@ -187,9 +189,7 @@ def _elementwise_op(node: ir.Node) -> AffineOp | None:
     elif op == "Add":
         affine = ScaleShift(np.ones(1), values)
     elif op == "Sub":
-        affine = (
-            ScaleShift(np.ones(1), -values) if data_first else ScaleShift(-np.ones(1), values)
-        )
+        affine = ScaleShift(np.ones(1), -values) if data_first else ScaleShift(-np.ones(1), values)
     elif data_first and np.all(values != 0.0):  # Div: x / c only
         affine = ScaleShift(1.0 / values, np.zeros(1))
     else:

@@ -158,7 +158,9 @@ def walk_back(chain: AffineChain) -> tuple[ir.Node, list[ir.Node]] | Skip:
         value = producer.inputs[0]
 
 
-def exclusive_path_skip(chain: AffineChain, producer: ir.Node, layout_nodes: list[ir.Node]) -> Skip | None:
+def exclusive_path_skip(
+    chain: AffineChain, producer: ir.Node, layout_nodes: list[ir.Node]
+) -> Skip | None:
     """Every value from the linear layer to the chain must be read by the next step alone and
     be no graph output, or folding would change what other readers see."""
     readers = [*layout_nodes, chain.ops[0].node]
@@ -189,7 +191,7 @@ def constant_weight(node: ir.Node, index: int) -> npt.NDArray[np.generic] | Skip
     return array
 
 
-def optional_constant(node: ir.Node, index: int) -> npt.NDArray[np.generic] | None | Skip:
+def optional_constant(node: ir.Node, index: int) -> npt.NDArray[np.generic] | Skip | None:
     """An optional input: ``None`` when absent, the array when constant, Skip otherwise."""
     if index >= len(node.inputs) or node.inputs[index] is None:
         return None

@@ -40,4 +40,3 @@ class ConvThenAffine(BackwardRule):
         new_weight = cast_like(weight, layer.weight)
         new_bias = cast_like(bias, layer.weight)
         write_weight_and_bias(context, layer.node, new_weight, new_bias)
-

@@ -52,9 +52,7 @@ class GemmThenAffine(BackwardRule):
             new_bias = affine.scale * scaled + affine.shift  # C broadcasts over [M, N]
         new_bias_cast = cast_like(new_bias, layer.weight)
         label = node_label(node)
-        set_constant_input(
-            context.graph, node, 1, new_weight, context.names, f"{label}_B_bnfold"
-        )
+        set_constant_input(context.graph, node, 1, new_weight, context.names, f"{label}_B_bnfold")
         set_constant_input(
             context.graph, node, 2, new_bias_cast, context.names, f"{label}_C_bnfold"
         )

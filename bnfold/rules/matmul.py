@@ -58,7 +58,9 @@ class MatMulThenAffine(BackwardRule):
         # e.g. [C, 1, 1] for axis 1 of a rank-4 tensor.
         shift = cast_like(along_axis(affine.shift, 0, chain_rank - axis), layer.weight)
         label = node_label(layer.node)
-        set_constant_input(context.graph, layer.node, 1, new_weight, context.names, f"{label}_bnfold")
+        set_constant_input(
+            context.graph, layer.node, 1, new_weight, context.names, f"{label}_bnfold"
+        )
         if np.all(affine.shift == 0.0):
             return
         last = chain.ops[-1].node
