@@ -1,0 +1,177 @@
+"""The engine as a whole: repeat until stable, idempotence, what it keeps, subgraphs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from bnfold.fold import METADATA_KEY, fold_model
+from bnfold.testing import (
+    batchnorm_node,
+    batchnorm_params,
+    fold_and_compare,
+    graph_signature,
+    make_model,
+    op_types,
+)
+
+FLOAT = TensorProto.FLOAT
+
+
+def pytorch_style_model(rng) -> onnx.ModelProto:
+    """What torch.onnx.export keeps in training-preserving mode: BN after Conv, grouped
+    ConvTranspose and Gemm, with Relu and Flatten between."""
+    inits = {
+        "conv_w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "conv_b": rng.normal(size=8).astype(np.float32),
+        "deconv_w": rng.normal(size=(8, 2, 2, 2)).astype(np.float32),
+        "fc_w": rng.normal(size=(5, 8 * 8 * 8)).astype(np.float32),
+        "fc_b": rng.normal(size=5).astype(np.float32),
+        **batchnorm_params(rng, 8, "bn1"),
+        **batchnorm_params(rng, 8, "bn2"),
+        **batchnorm_params(rng, 5, "bn3"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c1"], name="conv", pads=[1] * 4),
+        batchnorm_node("c1", "b1", "bn1"),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node(
+            "ConvTranspose", ["r1", "deconv_w"], ["d1"], name="deconv", group=4, strides=[2, 2]
+        ),
+        batchnorm_node("d1", "b2", "bn2"),
+        helper.make_node("Relu", ["b2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], name="fc", transB=1),
+        batchnorm_node("g", "logits", "bn3"),
+    ]
+    return make_model(nodes, [("x", FLOAT, ["batch", 3, 4, 4])], ["logits"], inits, opset=14)
+
+
+def test_pytorch_style_graph_folds_completely(rng):
+    model = pytorch_style_model(rng)
+    result, check, folded = fold_and_compare(model)
+    assert "BatchNormalization" not in op_types(folded)
+    assert [entry.target for entry in result.entries] == [["conv"], ["deconv"], ["fc"]]
+    assert check.max_rel <= 1e-5
+
+
+def test_folding_a_folded_model_folds_nothing(rng):
+    _, _, folded = fold_and_compare(pytorch_style_model(rng))
+    again, check, refolded = fold_and_compare(folded)
+    assert again.entries == []
+    assert graph_signature(refolded) == graph_signature(folded)
+    assert check.max_abs == 0.0
+
+
+def test_model_without_batchnorm_is_unchanged(rng):
+    inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [("x", FLOAT, [1, 3, 5, 5])], ["y"], inits)
+    result, _, folded = fold_and_compare(model)
+    assert result.entries == [] and not result.changed
+    assert graph_signature(folded) == graph_signature(model)
+
+
+def test_fold_keeps_what_the_user_relies_on(rng):
+    model = pytorch_style_model(rng)
+    model.ir_version = 7
+    helper.set_model_props(model, {"author": "team", "license": "internal"})
+    folded = ir.serde.serialize_model(fold_model(ir.serde.deserialize_model(model)).model)
+    assert folded.ir_version == 7
+    assert [(o.domain, o.version) for o in folded.opset_import] == [("", 14)]
+    assert [i.name for i in folded.graph.input] == ["x"]
+    assert [o.name for o in folded.graph.output] == ["logits"]
+    assert folded.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    props = {entry.key: entry.value for entry in folded.metadata_props}
+    assert props["author"] == "team" and props["license"] == "internal"
+    assert json.loads(props[METADATA_KEY]) == {
+        "found": 3,
+        "folded_into_previous": 3,
+        "folded_into_next": 0,
+        "left": 0,
+    }
+    # The BN parameters and the replaced weights are gone.
+    names = {tensor.name for tensor in folded.graph.initializer}
+    assert not any(name.startswith("bn") for name in names)
+
+
+def test_initializer_that_is_also_a_graph_input_is_not_folded(rng):
+    """An overridable initializer can change at run time: folding into it would be wrong."""
+    inits = {"w": rng.normal(size=(4, 3, 1, 1)).astype(np.float32), **batchnorm_params(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), batchnorm_node("c", "y")]
+    model = make_model(
+        nodes, [("x", FLOAT, [1, 3, 2, 2]), ("w", FLOAT, [4, 3, 1, 1])], ["y"], inits
+    )
+    result, _, folded = fold_and_compare(
+        model,
+        inputs={
+            "x": rng.normal(size=(1, 3, 2, 2)).astype(np.float32),
+        },
+    )
+    assert result.entries[0].reason.value == "weight_not_constant"
+    assert op_types(folded) == ["Conv", "BatchNormalization"]
+
+
+def test_constant_nodes_feed_folds_and_are_dropped(rng):
+    params = batchnorm_params(rng, 4)
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["w"],
+            value=onnx.numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32)),
+        ),
+        *[
+            helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(value))
+            for name, value in params.items()
+        ],
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        batchnorm_node("c", "y"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, [1, 3, 2, 2])], ["y"])
+    _, check, folded = fold_and_compare(model)
+    assert op_types(folded) == ["Conv"]
+    assert check.max_rel <= 1e-5
+
+
+def test_batchnorm_inside_an_if_branch_is_folded(rng):
+    def branch(name: str) -> onnx.GraphProto:
+        params = batchnorm_params(rng, 4, f"{name}_bn")
+        weight = onnx.numpy_helper.from_array(
+            rng.normal(size=(4, 3, 1, 1)).astype(np.float32), f"{name}_w"
+        )
+        return helper.make_graph(
+            [
+                helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_c"], name=f"{name}_conv"),
+                batchnorm_node(f"{name}_c", f"{name}_y", f"{name}_bn"),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", FLOAT, [1, 4, 2, 2])],
+            [weight, *(onnx.numpy_helper.from_array(v, k) for k, v in params.items())],
+        )
+
+    nodes = [
+        helper.make_node(
+            "If", ["flag"], ["y"], then_branch=branch("then"), else_branch=branch("else")
+        )
+    ]
+    model = make_model(
+        nodes,
+        [("x", FLOAT, [1, 3, 2, 2]), ("flag", TensorProto.BOOL, [])],
+        [("y", FLOAT, [1, 4, 2, 2])],
+    )
+    for flag in (True, False):
+        feeds = {
+            "x": rng.normal(size=(1, 3, 2, 2)).astype(np.float32),
+            "flag": np.array(flag),
+        }
+        result, check, folded = fold_and_compare(model, inputs=feeds)
+        assert len(result.folded) == 2
+        assert check.max_rel <= 1e-5
+    branches = [attr.g for attr in folded.graph.node[0].attribute]
+    assert all(op_types(onnx.ModelProto(graph=g)) == ["Conv"] for g in branches)
