@@ -39,6 +39,11 @@ class OutputComparison:
     atol: float
     passed: bool
     detail: str = ""
+    # Filled only where known: the share of rows of a classifier-shaped output ([N, K], K > 1)
+    # whose arg-max agrees, and each model's max relative error against a float64 reference.
+    top1_agreement: float | None = None
+    reference_vs_float64: float | None = None
+    candidate_vs_float64: float | None = None
 
 
 @dataclass
@@ -47,6 +52,8 @@ class CheckResult:
 
     outputs: list[OutputComparison] = field(default_factory=list)
     inputs: str = ""
+    samples: int = 1
+    float64_note: str = ""  # why the float64 columns are empty, or how they were made
 
     @property
     def passed(self) -> bool:
@@ -66,6 +73,8 @@ class CheckResult:
             "inputs": self.inputs,
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
+            "samples": self.samples,
+            "float64_note": self.float64_note,
             "outputs": [asdict(output) for output in self.outputs],
         }
 
@@ -130,8 +139,74 @@ def compare_output(
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = bool(max_abs <= atol + rtol * scale)
     return OutputComparison(
-        name, str(reference.dtype), shape, max_abs, max_rel, float(diff.mean()), rtol, atol, passed
+        name,
+        str(reference.dtype),
+        shape,
+        max_abs,
+        max_rel,
+        float(diff.mean()),
+        rtol,
+        atol,
+        passed,
+        top1_agreement=top1_agreement(reference, candidate),
     )
+
+
+def is_classifier_shaped(array: npt.NDArray[Any]) -> bool:
+    """``[N, K]`` floating scores with ``K > 1``: a row's arg-max is its predicted class."""
+    return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
+
+
+def top1_agreement(reference: npt.NDArray[Any], candidate: npt.NDArray[Any]) -> float | None:
+    """Share of rows whose arg-max class agrees, for classifier-shaped outputs; else ``None``."""
+    if not is_classifier_shaped(reference) or reference.shape != candidate.shape:
+        return None
+    if reference.shape[0] == 0:
+        return None
+    same = np.argmax(reference, axis=1) == np.argmax(candidate, axis=1)
+    return float(np.mean(same))
+
+
+def relative_error(reference: npt.NDArray[Any], candidate: npt.NDArray[Any]) -> float:
+    """``max|candidate - reference| / max|reference|`` in float64, NaNs where both have them
+    ignored; ``inf`` when shapes differ."""
+    if reference.shape != candidate.shape:
+        return float("inf")
+    ref64 = np.asarray(reference, dtype=np.float64)
+    cand64 = np.asarray(candidate, dtype=np.float64)
+    ref_nan, cand_nan = np.isnan(ref64), np.isnan(cand64)
+    if np.any(ref_nan != cand_nan):
+        return float("nan")
+    valid = ~ref_nan
+    if not np.any(valid):
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(cand64[valid] - ref64[valid])
+    diff = np.where(np.isnan(diff), 0.0, diff)  # inf - inf at matching infinities
+    max_abs = float(diff.max())
+    scale = float(np.abs(ref64[valid]).max())
+    if scale > 0:
+        return max_abs / scale
+    return 0.0 if max_abs == 0 else float("inf")
+
+
+def add_float64_errors(
+    result: CheckResult,
+    float64_reference: dict[str, npt.NDArray[Any]],
+    reference: dict[str, npt.NDArray[Any]],
+    candidate: dict[str, npt.NDArray[Any]],
+) -> CheckResult:
+    """Fill each float output's error of both models against a float64 run of the reference:
+    if the candidate's error is no larger than the reference's own, folding added none."""
+    for output in result.outputs:
+        exact = float64_reference.get(output.name)
+        if exact is None or exact.dtype.kind != "f":
+            continue
+        if output.name in reference:
+            output.reference_vs_float64 = relative_error(exact, reference[output.name])
+        if output.name in candidate:
+            output.candidate_vs_float64 = relative_error(exact, candidate[output.name])
+    return result
 
 
 def compare_outputs(

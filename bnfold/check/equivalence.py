@@ -7,6 +7,7 @@ and comparing against an optimised session would compare a fold with a fold.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from onnx import numpy_helper
 
-from bnfold.comparison import CheckResult, compare_outputs
+from bnfold.comparison import CheckResult, add_float64_errors, compare_outputs
 from bnfold.errors import InputError
 from bnfold.frontends.onnx import needs_external_data
 from bnfold.specs import InputSpec
@@ -120,13 +123,32 @@ def make_session(
 
 
 def run_model(
-    source: ModelSource, inputs: Mapping[str, npt.NDArray[Any]]
+    source: ModelSource,
+    inputs: Mapping[str, npt.NDArray[Any]],
+    *,
+    label: str | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
-    """Outputs by name, with optimisations disabled."""
-    session = make_session(source)
-    names = [output.name for output in session.get_outputs()]
-    feeds = {item.name: inputs[item.name] for item in session.get_inputs() if item.name in inputs}
-    values = session.run(names, feeds)
+    """Outputs by name, with optimisations disabled.
+
+    With ``label`` (a user's model), a model onnxruntime cannot load or run, or one that needs
+    inputs that were not given, is an ``InputError`` naming it; without, such a failure is a
+    bug of bnfold's and propagates as it is.
+    """
+    try:
+        session = make_session(source)
+        names = [output.name for output in session.get_outputs()]
+        missing = [item.name for item in session.get_inputs() if item.name not in inputs]
+        if missing:
+            raise InputError(f"{label or 'the model'} needs input(s) {', '.join(missing)}")
+        feeds = {item.name: inputs[item.name] for item in session.get_inputs()}
+        values = session.run(names, feeds)
+    except InputError:
+        raise
+    except Exception as error:
+        if label is None:
+            raise
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(f"onnxruntime cannot run {label}: {first_line}") from error
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 
@@ -140,6 +162,169 @@ def check_models(
     description: str = "",
 ) -> CheckResult:
     """Run both models on the same inputs and compare every output of the original."""
-    reference = run_model(original, inputs)
-    candidate = run_model(folded, inputs)
+    reference = run_model(original, inputs, label="the original model")
+    candidate = run_model(folded, inputs, label="the folded model")
     return compare_outputs(reference, candidate, rtol=rtol, atol=atol, inputs=description)
+
+
+# --------------------------------------------------------------------------- float64 reference
+
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+)
+
+
+def _load_proto(source: ModelSource) -> onnx.ModelProto:
+    if isinstance(source, ir.Model):
+        return ir.serde.serialize_model(source)
+    if isinstance(source, bytes):
+        return onnx.ModelProto.FromString(source)
+    return onnx.load(str(source))
+
+
+def _tensor_to_float64(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if tensor.data_type not in _FLOAT_TYPES:
+        return tensor
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+
+def _value_infos_to_float64(values: Any) -> None:
+    for value in values:
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type in _FLOAT_TYPES:
+            tensor_type.elem_type = onnx.TensorProto.DOUBLE
+
+
+def _graph_to_float64(graph: onnx.GraphProto) -> None:
+    _value_infos_to_float64(graph.input)
+    _value_infos_to_float64(graph.output)
+    del graph.value_info[:]  # cached shapes and float32 types; onnxruntime infers them again
+    for index, tensor in enumerate(graph.initializer):
+        graph.initializer[index].CopyFrom(_tensor_to_float64(tensor))
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in _FLOAT_TYPES:
+                attribute.i = onnx.TensorProto.DOUBLE
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                attribute.t.CopyFrom(_tensor_to_float64(attribute.t))
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(attribute.g)
+            for subgraph in attribute.graphs:
+                _graph_to_float64(subgraph)
+
+
+def float64_model(source: ModelSource) -> onnx.ModelProto:
+    """``source`` with every float tensor in float64: initializers, inputs, outputs, Constant
+    tensors and the ``to`` of Cast nodes (in subgraphs too). A reference to measure float32
+    rounding against, not a model to ship."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(_load_proto(source))
+    _graph_to_float64(proto.graph)
+    return proto
+
+
+def _as_float64_feeds(inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    return {
+        name: array.astype(np.float64) if array.dtype.kind == "f" else array
+        for name, array in inputs.items()
+    }
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    missing = re.search(r"implementation for (\w+)\(", text)
+    if missing:
+        return f"onnxruntime has no float64 kernel for {missing.group(1)}"
+    return (text.strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def float64_session(source: ModelSource) -> tuple[ort.InferenceSession | None, str]:
+    """A session of the float64 cast of ``source``, or ``None`` and why it cannot run."""
+    try:
+        proto = float64_model(source)
+        return make_session(proto.SerializeToString()), ""
+    except Exception as error:  # onnxruntime's errors are plain RuntimeErrors
+        return None, f"float64 reference skipped: {_first_line(error)}"
+
+
+def run_session(
+    session: ort.InferenceSession, inputs: Mapping[str, npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[Any]]:
+    names = [output.name for output in session.get_outputs()]
+    feeds = {item.name: inputs[item.name] for item in session.get_inputs() if item.name in inputs}
+    values = session.run(names, feeds)
+    return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+
+
+def _concatenate(batches: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    """One array per output over all samples, joined along the batch axis."""
+    joined: dict[str, npt.NDArray[Any]] = {}
+    for name in batches[0]:
+        parts = [batch[name] for batch in batches if name in batch]
+        if len(parts) == 1:
+            joined[name] = parts[0]
+        elif parts[0].ndim == 0:
+            joined[name] = np.stack(parts)
+        else:
+            joined[name] = np.concatenate(parts, axis=0)
+    return joined
+
+
+def detailed_check(
+    reference: ModelSource,
+    candidate: ModelSource,
+    specs: list[InputSpec],
+    *,
+    samples: int = 1,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    inputs: Mapping[str, npt.NDArray[Any]] | None = None,
+    description: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    float64: bool = True,
+) -> CheckResult:
+    """Compare ``candidate`` with ``reference`` (both unoptimised) on ``samples`` seeded random
+    input sets (seeds ``seed`` .. ``seed + samples - 1``; or once on ``inputs``), and, with
+    ``float64``, both against the reference cast to float64, so a report shows whether the
+    candidate's error is its own or float32's. Classifier-shaped outputs get top-1 agreement."""
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    reference_session = make_session(reference)
+    candidate_session = make_session(candidate)
+    exact_session, note = float64_session(reference) if float64 else (None, "")
+    feed_sets = (
+        [dict(inputs)]
+        if inputs is not None
+        else [
+            random_inputs(specs, seed=seed + index, dims=dims, shapes=shapes)
+            for index in range(samples)
+        ]
+    )
+    expected, actual, exact = [], [], []
+    for feeds in feed_sets:
+        expected.append(run_session(reference_session, feeds))
+        actual.append(run_session(candidate_session, feeds))
+        if exact_session is not None:
+            try:
+                exact.append(run_session(exact_session, _as_float64_feeds(feeds)))
+            except Exception as error:
+                exact_session, note = None, f"float64 reference skipped: {_first_line(error)}"
+                exact = []
+    if description is None:
+        first = feed_sets[0]
+        shown = ", ".join(f"{name}{list(array.shape)}" for name, array in first.items())
+        seeds = f"seed {seed}" if len(feed_sets) == 1 else f"seeds {seed}..{seed + samples - 1}"
+        description = f"random normal, {seeds}: {shown}"
+    result = compare_outputs(
+        _concatenate(expected), _concatenate(actual), rtol=rtol, atol=atol, inputs=description
+    )
+    result.samples = len(feed_sets)
+    if exact:
+        add_float64_errors(
+            result, _concatenate(exact), _concatenate(expected), _concatenate(actual)
+        )
+        note = "float64 reference: the reference model cast to float64, run in onnxruntime"
+    result.float64_note = note
+    return result

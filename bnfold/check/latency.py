@@ -1,0 +1,373 @@
+"""Latency of two ONNX models in onnxruntime, measured so that the comparison can be trusted.
+
+- Interleaved: one run of the baseline, then one of the candidate, then the baseline again
+  (A B A B ...), so drift in clock speed, caches or neighbours on the machine hits both alike.
+- Warm-up runs of both are discarded; then ``runs`` pairs, or fewer if ``time_budget_s``
+  runs out first (never fewer than ``MIN_PAIRS``).
+- Per model p50/p90/p99/mean/min/max in milliseconds; the speedup is
+  ``p50(baseline) / p50(candidate)`` (above 1: the candidate is faster) with a seeded
+  percentile-bootstrap confidence interval over the *pairs* (each resample keeps a baseline
+  run with the candidate run beside it).
+- Once per graph-optimisation level asked for: ``all`` (ORT_ENABLE_ALL, what a deployment
+  uses) and ``disable`` (ORT_DISABLE_ALL, what the graph itself costs).
+- Threads, batch size, provider, machine and library versions are always recorded.
+
+Pure measurement: nothing is printed; ``progress`` is called after each timed pair.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from bnfold._version import __version__
+from bnfold.check.equivalence import (
+    ModelSource,
+    concrete_shape,
+    make_session,
+    random_inputs,
+    session_options,
+)
+from bnfold.errors import UsageError
+from bnfold.specs import InputSpec
+
+LEVELS = {"all": "ORT_ENABLE_ALL", "disable": "ORT_DISABLE_ALL"}
+MIN_PAIRS = 3
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+BASELINE, CANDIDATE = "A", "B"
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per run of one model."""
+
+    runs: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+    max: float
+    std: float
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        values = np.asarray(samples_ms, dtype=np.float64)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return cls(
+            runs=int(values.size),
+            p50=float(p50),
+            p90=float(p90),
+            p99=float(p99),
+            mean=float(values.mean()),
+            min=float(values.min()),
+            max=float(values.max()),
+            std=float(values.std()),
+        )
+
+
+@dataclass
+class LevelLatency:
+    """Both models at one graph-optimisation level."""
+
+    level: str  # "all" or "disable"
+    ort_level: str  # onnxruntime's name for it
+    baseline: LatencyStats
+    candidate: LatencyStats
+    speedup: float  # p50(baseline) / p50(candidate)
+    speedup_ci: tuple[float, float]
+    confidence: float
+    order: str  # the order runs were timed in, "ABAB..."; A = baseline, B = candidate
+    baseline_ms: list[float] = field(default_factory=list)
+    candidate_ms: list[float] = field(default_factory=list)
+    stopped_by: str = "runs"  # "runs" or "time budget"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["speedup_ci"] = list(self.speedup_ci)
+        return data
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu: str
+    logical_cores: int
+    platform: str
+    python: str
+    versions: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LatencyResult:
+    """What was measured and under which conditions."""
+
+    baseline: str
+    candidate: str
+    provider: str
+    threads: int  # intra-op threads; 0 is onnxruntime's default (one per physical core)
+    batch: int | None  # first dimension of the first input as run; None for a scalar input
+    inputs: str
+    warmup: int
+    runs: int  # pairs asked for
+    time_budget_s: float | None
+    seed: int
+    machine: Machine
+    levels: list[LevelLatency] = field(default_factory=list)
+
+    def level(self, name: str) -> LevelLatency | None:
+        return next((item for item in self.levels if item.level == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "provider": self.provider,
+            "threads": self.threads,
+            "batch": self.batch,
+            "inputs": self.inputs,
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "time_budget_s": self.time_budget_s,
+            "seed": self.seed,
+            "machine": self.machine.to_dict(),
+            "levels": [item.to_dict() for item in self.levels],
+        }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> Machine:
+    return Machine(
+        cpu=_cpu_name(),
+        logical_cores=os.cpu_count() or 0,
+        platform=platform.platform(),
+        python=platform.python_version(),
+        versions={
+            "bnfold": __version__,
+            "onnxruntime": ort.__version__,
+            "onnx": onnx.__version__,
+            "numpy": np.__version__,
+        },
+    )
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def bootstrap_speedup_ci(
+    baseline_ms: Sequence[float],
+    candidate_ms: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap of ``median(baseline) / median(candidate)`` resampling pairs."""
+    a = np.asarray(baseline_ms, dtype=np.float64)
+    b = np.asarray(candidate_ms, dtype=np.float64)
+    if a.size != b.size or a.size == 0:
+        raise ValueError("the bootstrap needs as many baseline runs as candidate runs")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, a.size, size=(resamples, a.size))
+    ratios = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _options(level: str, threads: int) -> ort.SessionOptions:
+    options = session_options(level)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def benchmark_shapes(specs: list[InputSpec], batch: int | None) -> dict[str, tuple[int, ...]]:
+    """Input shapes: a dynamic first dimension gets ``batch``, other dynamic dims the check's
+    defaults."""
+    shapes = {}
+    for spec in specs:
+        shape = list(concrete_shape(spec))
+        if batch is not None and spec.shape and not isinstance(spec.shape[0], int):
+            shape[0] = batch
+        shapes[spec.name] = tuple(shape)
+    return shapes
+
+
+def _batch_of(feeds: Mapping[str, npt.NDArray[Any]]) -> int | None:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim > 0 else None
+
+
+def _timed_run(session: ort.InferenceSession, feeds: Mapping[str, Any]) -> float:
+    started = time.perf_counter_ns()
+    session.run(None, feeds)
+    return (time.perf_counter_ns() - started) / 1e6
+
+
+def measure_level(
+    baseline: ModelSource,
+    candidate: ModelSource,
+    feeds: Mapping[str, npt.NDArray[Any]],
+    *,
+    level: str,
+    threads: int = 1,
+    provider: str = "CPUExecutionProvider",
+    warmup: int = 5,
+    runs: int = 50,
+    time_budget_s: float | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> LevelLatency:
+    """Time both models at one optimisation level, interleaved A B A B."""
+    if level not in LEVELS:
+        raise UsageError(f"unknown optimisation level {level!r}: use all or disable")
+    sessions = {
+        name: make_session(source, providers=[provider], options=_options(level, threads))
+        for name, source in ((BASELINE, baseline), (CANDIDATE, candidate))
+    }
+    inputs = {
+        name: {item.name: feeds[item.name] for item in session.get_inputs() if item.name in feeds}
+        for name, session in sessions.items()
+    }
+    for _ in range(warmup):
+        for name in (BASELINE, CANDIDATE):
+            sessions[name].run(None, inputs[name])
+    timings: dict[str, list[float]] = {BASELINE: [], CANDIDATE: []}
+    order: list[str] = []
+    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
+    stopped_by = "runs"
+    for index in range(runs):
+        if deadline is not None and index >= MIN_PAIRS and time.perf_counter() >= deadline:
+            stopped_by = "time budget"
+            break
+        for name in (BASELINE, CANDIDATE):
+            timings[name].append(_timed_run(sessions[name], inputs[name]))
+            order.append(name)
+        if progress is not None:
+            progress(1)
+    a, b = timings[BASELINE], timings[CANDIDATE]
+    base_stats, cand_stats = LatencyStats.of(a), LatencyStats.of(b)
+    return LevelLatency(
+        level=level,
+        ort_level=LEVELS[level],
+        baseline=base_stats,
+        candidate=cand_stats,
+        speedup=base_stats.p50 / cand_stats.p50 if cand_stats.p50 > 0 else float("inf"),
+        speedup_ci=bootstrap_speedup_ci(a, b, seed=seed),
+        confidence=CONFIDENCE,
+        order="".join(order),
+        baseline_ms=a,
+        candidate_ms=b,
+        stopped_by=stopped_by,
+    )
+
+
+def benchmark(
+    baseline: ModelSource,
+    candidate: ModelSource,
+    specs: list[InputSpec],
+    *,
+    levels: Sequence[str] = ("all", "disable"),
+    threads: int = 1,
+    batch: int | None = None,
+    provider: str = "CPUExecutionProvider",
+    warmup: int = 5,
+    runs: int = 50,
+    time_budget_s: float | None = None,
+    seed: int = 0,
+    inputs: Mapping[str, npt.NDArray[Any]] | None = None,
+    baseline_name: str = "baseline",
+    candidate_name: str = "candidate",
+    progress: Callable[[int], None] | None = None,
+) -> LatencyResult:
+    """Benchmark ``candidate`` against ``baseline`` on the same seeded random inputs (shaped by
+    ``specs`` with the batch dimension set to ``batch``), or on ``inputs``.
+
+    ``time_budget_s`` applies to each level separately; ``progress`` gets 1 per timed pair.
+    """
+    if runs < 1 or warmup < 0 or threads < 0:
+        raise UsageError("runs must be at least 1, warm-up and threads at least 0")
+    if batch is not None and batch < 1:
+        raise UsageError("batch must be at least 1")
+    if provider not in available_providers():
+        raise UsageError(
+            f"execution provider {provider} is not available here "
+            f"(available: {', '.join(available_providers())})"
+        )
+    if inputs is None:
+        feeds = random_inputs(specs, seed=seed, shapes=benchmark_shapes(specs, batch))
+        shown = ", ".join(f"{name}{list(array.shape)}" for name, array in feeds.items())
+        description = f"random normal, seed {seed}: {shown}"
+    else:
+        feeds = dict(inputs)
+        description = "given by the caller"
+    result = LatencyResult(
+        baseline=baseline_name,
+        candidate=candidate_name,
+        provider=provider,
+        threads=threads,
+        batch=_batch_of(feeds),
+        inputs=description,
+        warmup=warmup,
+        runs=runs,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        machine=machine_info(),
+    )
+    for level in levels:
+        result.levels.append(
+            measure_level(
+                baseline,
+                candidate,
+                feeds,
+                level=level,
+                threads=threads,
+                provider=provider,
+                warmup=warmup,
+                runs=runs,
+                time_budget_s=time_budget_s,
+                seed=seed,
+                progress=progress,
+            )
+        )
+    return result
+
+
+__all__ = [
+    "LEVELS",
+    "LatencyResult",
+    "LatencyStats",
+    "LevelLatency",
+    "Machine",
+    "available_providers",
+    "benchmark",
+    "benchmark_shapes",
+    "bootstrap_speedup_ci",
+    "machine_info",
+    "measure_level",
+]
