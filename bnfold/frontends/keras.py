@@ -163,12 +163,16 @@ def _read_model_config(path: Path) -> Any:
 
 
 def _walk_layer_configs(config: Any) -> Iterator[dict[str, Any]]:
-    """Every ``{"class_name": ..., "config": {...}}`` dict in a model config, nested included."""
+    """Every layer entry (``{"class_name": ..., "config": {...}}`` inside a ``layers`` list, or
+    the ``layer`` of a wrapper) in a stored model config, nested models included."""
     if isinstance(config, dict):
-        if isinstance(config.get("class_name"), str) and isinstance(config.get("config"), dict):
-            yield config
-        for value in config.values():
-            yield from _walk_layer_configs(value)
+        for key, value in config.items():
+            entries = value if key == "layers" and isinstance(value, list) else [value]
+            for entry in entries:
+                is_layer = key in ("layers", "layer") and isinstance(entry, dict)
+                if is_layer and isinstance(entry.get("config"), dict) and "class_name" in entry:
+                    yield entry
+                yield from _walk_layer_configs(entry)
     elif isinstance(config, list):
         for value in config:
             yield from _walk_layer_configs(value)
@@ -192,10 +196,10 @@ def _custom_layers(config: Any, keras: Any) -> list[str]:
     found = []
     for layer in _walk_layer_configs(config):
         class_name = layer["class_name"]
-        if "name" not in layer["config"] or class_name.startswith("__"):
-            continue  # an initializer, a dtype policy, a keras tensor
-        known = hasattr(keras.layers, class_name) or class_name in ("Functional", "Sequential")
-        if layer.get("registered_name") or not known:
+        if class_name in ("Functional", "Sequential", "Model"):
+            continue
+        registered = layer.get("registered_name")
+        if (registered and registered != class_name) or not hasattr(keras.layers, class_name):
             found.append(f"'{_layer_name(layer)}' ({class_name})")
     return found
 
