@@ -81,6 +81,10 @@ def _validate_output(
         raise UsageError(f"{output} is the input file; pass --overwrite-input to replace it")
 
 
+def _label(model: Any) -> str:
+    return str(model) if isinstance(model, str | os.PathLike) else "the model"
+
+
 def _reference_source(model: ModelInput) -> tuple[ir.Model, ModelSource]:
     """The model to fold and a frozen copy of the original for the check."""
     if isinstance(model, ir.Model):
@@ -136,7 +140,7 @@ def fold(
     folded = time.perf_counter()
     result.seconds = {"load": loaded - started, "fold": folded - loaded}
     if check:
-        expected = run_model(reference, feeds)
+        expected = run_model(reference, feeds, label=_label(model))
         actual = run_model(ir_model, feeds)
         result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
         result.seconds["check"] = time.perf_counter() - folded
@@ -284,11 +288,11 @@ def _outputs_of(
         loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
         return dict(keras_frontend.predict_keras(loaded, dict(feeds)))
     if isinstance(model, onnx.ModelProto):
-        return run_model(model.SerializeToString(), feeds)
+        return run_model(model.SerializeToString(), feeds, label=_label(model))
     if isinstance(model, ir.Model):
-        return run_model(model, feeds)
+        return run_model(model, feeds, label=_label(model))
     load_onnx(model)  # validates the file: one clear line instead of onnxruntime's error
-    return run_model(str(model), feeds)
+    return run_model(str(model), feeds, label=_label(model))
 
 
 def _specs_of(model: ModelInput, allow_unsafe: bool) -> list[InputSpec]:

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx_ir as ir
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import CheckResult, compare_outputs
@@ -112,3 +112,60 @@ def graph_signature(proto: onnx.ModelProto) -> dict[str, Any]:
             (tensor.name, numpy_helper.to_array(tensor).tobytes()) for tensor in graph.initializer
         ),
     }
+
+
+def pytorch_style_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """What torch.onnx.export keeps in training-preserving mode: BN after Conv, grouped
+    ConvTranspose and Gemm, with Relu and Flatten between."""
+    inits = {
+        "conv_w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "conv_b": rng.normal(size=8).astype(np.float32),
+        "deconv_w": rng.normal(size=(8, 2, 2, 2)).astype(np.float32),
+        "fc_w": rng.normal(size=(5, 8 * 8 * 8)).astype(np.float32),
+        "fc_b": rng.normal(size=5).astype(np.float32),
+        **batchnorm_params(rng, 8, "bn1"),
+        **batchnorm_params(rng, 8, "bn2"),
+        **batchnorm_params(rng, 5, "bn3"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c1"], name="conv", pads=[1] * 4),
+        batchnorm_node("c1", "b1", "bn1"),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node(
+            "ConvTranspose", ["r1", "deconv_w"], ["d1"], name="deconv", group=4, strides=[2, 2]
+        ),
+        batchnorm_node("d1", "b2", "bn2"),
+        helper.make_node("Relu", ["b2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], name="fc", transB=1),
+        batchnorm_node("g", "logits", "bn3"),
+    ]
+    return make_model(
+        nodes, [("x", TensorProto.FLOAT, ["batch", 3, 4, 4])], ["logits"], inits, opset=14
+    )
+
+
+LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def affine_tails_after_linear(proto: onnx.ModelProto) -> list[str]:
+    """Nodes that still apply a BN-like constant scale right after a linear layer (MatMul's
+    bias Add in between counts as "right after"); a fully folded model has none."""
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    constants = {tensor.name for tensor in proto.graph.initializer} | {
+        node.output[0] for node in proto.graph.node if node.op_type == "Constant"
+    }
+    left = []
+    for node in proto.graph.node:
+        if node.op_type == "BatchNormalization":
+            left.append(node.name or node.output[0])
+            continue
+        if node.op_type not in ("Mul", "Div") or not any(i in constants for i in node.input):
+            continue
+        data = next(i for i in node.input if i not in constants)
+        producer = producers.get(data)
+        if producer is not None and producer.op_type == "Add":
+            producer = next((producers.get(i) for i in producer.input if i not in constants), None)
+        if producer is not None and producer.op_type in LINEAR_OPS:
+            left.append(node.name or node.output[0])
+    return left

@@ -17,38 +17,10 @@ from bnfold.testing import (
     graph_signature,
     make_model,
     op_types,
+    pytorch_style_model,
 )
 
 FLOAT = TensorProto.FLOAT
-
-
-def pytorch_style_model(rng) -> onnx.ModelProto:
-    """What torch.onnx.export keeps in training-preserving mode: BN after Conv, grouped
-    ConvTranspose and Gemm, with Relu and Flatten between."""
-    inits = {
-        "conv_w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
-        "conv_b": rng.normal(size=8).astype(np.float32),
-        "deconv_w": rng.normal(size=(8, 2, 2, 2)).astype(np.float32),
-        "fc_w": rng.normal(size=(5, 8 * 8 * 8)).astype(np.float32),
-        "fc_b": rng.normal(size=5).astype(np.float32),
-        **batchnorm_params(rng, 8, "bn1"),
-        **batchnorm_params(rng, 8, "bn2"),
-        **batchnorm_params(rng, 5, "bn3"),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c1"], name="conv", pads=[1] * 4),
-        batchnorm_node("c1", "b1", "bn1"),
-        helper.make_node("Relu", ["b1"], ["r1"]),
-        helper.make_node(
-            "ConvTranspose", ["r1", "deconv_w"], ["d1"], name="deconv", group=4, strides=[2, 2]
-        ),
-        batchnorm_node("d1", "b2", "bn2"),
-        helper.make_node("Relu", ["b2"], ["r2"]),
-        helper.make_node("Flatten", ["r2"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], name="fc", transB=1),
-        batchnorm_node("g", "logits", "bn3"),
-    ]
-    return make_model(nodes, [("x", FLOAT, ["batch", 3, 4, 4])], ["logits"], inits, opset=14)
 
 
 def test_pytorch_style_graph_folds_completely(rng):
