@@ -32,6 +32,7 @@ from bnfold.frontends.onnx import (
     ONNX_SUFFIXES,
     atomic_folder,
     has_external_tensors,
+    infer_shapes,
     input_specs,
     load_onnx,
     save_onnx,
@@ -199,19 +200,31 @@ def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
         os.replace(staged, path)
 
 
+def _onnx_entries_of_layer(layer: str, entries: list[FoldEntry]) -> list[FoldEntry]:
+    """The ONNX-pass entries whose node names come from Keras layer ``layer``.
+
+    tf2onnx names nodes by TensorFlow name scope, which is the layer name plus a suffix that
+    keeps scopes unique (``batch_normalization_1`` may become ``batch_normalization_1_2``), so
+    the suffixed form is tried first and the bare name only when it finds nothing.
+    """
+    for pattern in (rf"(^|/){re.escape(layer)}_\d+(/|$)", rf"(^|/){re.escape(layer)}(/|$)"):
+        matches = [entry for entry in entries if re.search(pattern, entry.name)]
+        if matches:
+            return matches
+    return []
+
+
 def _merge_stage_logs(
     keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]
 ) -> list[FoldEntry]:
-    """One entry per BN: a BN the Keras pass left that the ONNX pass (whose node names carry
-    the Keras layer name) then folded is reported as folded; a BN left by both is reported
-    once, by its Keras name."""
+    """One entry per BN: a BN the Keras pass left that the ONNX pass then folded is reported
+    as folded under its Keras name; a BN left by both is reported once, by the Keras pass."""
     merged = list(keras_entries)
     onnx_rest = list(onnx_entries)
     for index, entry in enumerate(merged):
         if entry.folded:
             continue
-        pattern = re.compile(rf"(^|/){re.escape(entry.name)}(/|$)")
-        matches = [other for other in onnx_rest if pattern.search(other.name)]
+        matches = _onnx_entries_of_layer(entry.name, onnx_rest)
         for other in matches:
             onnx_rest.remove(other)
         folded = next((other for other in matches if other.folded), None)
@@ -252,7 +265,7 @@ def _fold_keras(
     to_onnx = output is None or _suffix(output) in ONNX_SUFFIXES
     if to_onnx:
         converted = time.perf_counter()
-        onnx_model = keras_frontend.keras_to_onnx(folded_keras, opset=opset)
+        onnx_model = infer_shapes(keras_frontend.keras_to_onnx(folded_keras, opset=opset))
         seconds["convert"] = time.perf_counter() - converted
         result = fold_model(onnx_model)
         result.entries = _merge_stage_logs(keras_entries, result.entries)

@@ -84,6 +84,13 @@ def with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
 
 
+def infer_shapes(model: ir.Model) -> ir.Model:
+    """The model with inferred shapes on every value (for converters that write none)."""
+    if needs_external_data(model):
+        return model
+    return ir.serde.deserialize_model(with_shapes(ir.serde.serialize_model(model)))
+
+
 def load_onnx(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX model for folding: validated, shapes inferred, external data left lazy."""
     path = Path(path)
