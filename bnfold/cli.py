@@ -1,4 +1,5 @@
-"""The command line: ``bnfold MODEL -o OUT``, ``bnfold inspect``, ``bnfold check``.
+"""The command line: ``bnfold MODEL -o OUT``, ``bnfold inspect``, ``bnfold check``,
+``bnfold bench``.
 
 The only module that prints or sets exit codes (docs/user-guide.md lists them):
 0 done, 1 the folded model failed the check (nothing written), 2 usage error,
@@ -12,7 +13,9 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -116,10 +119,140 @@ def cli() -> None:
       bnfold MODEL -o OUT        fold, check equivalence, write OUT if it passes
       bnfold inspect MODEL       list every BN: folded into what, or why not
       bnfold check A B           compare two models on the same inputs
+      bnfold bench MODEL [FOLDED]  latency before and after, interleaved
 
     Exit codes: 0 done, 1 check failed (nothing written), 2 usage error,
     3 unreadable input, 4 output cannot be written, 5 internal error.
     """
+
+
+REPORT_SUFFIXES = (".json", ".md", ".html")
+LEVEL_CHOICES = {"all": ("all",), "disable": ("disable",), "both": ("all", "disable")}
+
+
+def _report_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and Path(value).suffix.lower() not in REPORT_SUFFIXES:
+        raise click.BadParameter(f"{value!r} must end in .json, .md or .html", ctx, param)
+    return value
+
+
+report_option = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_report_path,
+    help="Write the fold log, check, sizes and latency to FILE: .json, .md or .html.",
+)
+bench_options = [
+    click.option(
+        "--runs",
+        type=click.IntRange(min=1),
+        default=50,
+        show_default=True,
+        help="Timed runs of each model per level (interleaved A B A B).",
+    ),
+    click.option(
+        "--warmup",
+        type=click.IntRange(min=0),
+        default=5,
+        show_default=True,
+        help="Untimed runs of each model first.",
+    ),
+    click.option(
+        "--time-budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Stop a level after this many seconds even if --runs are not done.",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=1,
+        show_default=True,
+        help="onnxruntime intra-op threads (0: onnxruntime's default).",
+    ),
+    click.option(
+        "--batch",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Size of the dynamic batch dimension.",
+    ),
+    click.option(
+        "--provider",
+        default="CPUExecutionProvider",
+        show_default=True,
+        help="onnxruntime execution provider (any available one).",
+    ),
+    click.option(
+        "--level",
+        type=click.Choice(sorted(LEVEL_CHOICES)),
+        default="both",
+        show_default=True,
+        help="Graph optimisation: all (ORT_ENABLE_ALL), disable (ORT_DISABLE_ALL).",
+    ),
+]
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (click hides the bar, not the label, off a terminal)."""
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _write_report(path: str, document: dict[str, Any]) -> None:
+    """Render by suffix and write atomically: a temporary file beside it, then a rename."""
+    from bnfold import report
+    from bnfold.errors import OutputError
+    from bnfold.frontends.onnx import atomic_folder
+
+    target = Path(path)
+    text = report.render_report(document, target.suffix)
+    with atomic_folder(target) as scratch:
+        staged = scratch / target.name
+        try:
+            staged.write_text(text, encoding="utf-8")
+            os.replace(staged, target)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _measure(
+    baseline: Any, candidate: Any, specs: Any, settings: dict[str, Any], names: tuple[str, str]
+) -> Any:
+    from bnfold.check import latency
+
+    levels = LEVEL_CHOICES[settings["level"]]
+    with _progress(settings["runs"] * len(levels), "Timing (interleaved)") as progress:
+        return latency.benchmark(
+            baseline,
+            candidate,
+            specs,
+            levels=levels,
+            threads=settings["threads"],
+            batch=settings["batch"],
+            provider=settings["provider"],
+            warmup=settings["warmup"],
+            runs=settings["runs"],
+            time_budget_s=settings["time_budget"],
+            seed=settings.get("seed", 0),
+            baseline_name=names[0],
+            candidate_name=names[1],
+            progress=progress,
+        )
+
+
+DEFAULT_BENCH = {
+    "runs": 50,
+    "warmup": 5,
+    "time_budget": None,
+    "threads": 1,
+    "batch": 1,
+    "provider": "CPUExecutionProvider",
+    "level": "both",
+}
 
 
 @cli.command("fold")
@@ -141,6 +274,10 @@ def cli() -> None:
     help="Let Keras deserialise custom code (Lambda layers). Only for files you trust.",
 )
 @click.option("--overwrite-input", is_flag=True, help="Allow OUT to be the input file.")
+@click.option(
+    "--bench", is_flag=True, help="Also time the original and the folded model (bnfold bench)."
+)
+@report_option
 @debug_option
 def fold_command(
     model: str,
@@ -155,6 +292,8 @@ def fold_command(
     opset: int | None,
     allow_unsafe: bool,
     overwrite_input: bool,
+    bench: bool,
+    report_path: str | None,
     debug: bool,
 ) -> None:
     """Fold MODEL, check it against the original and write OUT only if the check passes."""
@@ -163,10 +302,25 @@ def fold_command(
     dim_sizes = _parse_dims(dims)
 
     def show(result: Any) -> None:
+        extras = _fold_extras(
+            result,
+            model,
+            bench,
+            report_path,
+            inputs_path,
+            dim_sizes,
+            seed,
+            allow_unsafe,
+            (rtol, atol),
+        )
         if as_json:
-            _emit_json(report.result_document(result, source=model))
+            _emit_json(report.result_document(result, source=model, **extras))
         else:
-            click.echo(report.format_result(result))
+            click.echo(
+                report.format_report(result, **extras) if extras else report.format_result(result)
+            )
+        if report_path is not None:
+            _write_report(report_path, report.result_document(result, source=model, **extras))
 
     def action() -> None:
         try:
@@ -190,6 +344,58 @@ def fold_command(
         show(result)
 
     _run(debug, action)
+
+
+def _is_onnx(path: str) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _fold_extras(
+    result: Any,
+    model: str,
+    bench: bool,
+    report_path: str | None,
+    inputs_path: str | None,
+    dims: dict[str, int],
+    seed: int,
+    allow_unsafe: bool,
+    tolerances: tuple[float | None, float | None],
+) -> dict[str, Any]:
+    """Sizes, the detailed check (float64 reference, top-1) and latency for --report/--bench.
+    For Keras input the check stays the fold's own (the reference is the Keras model)."""
+    if not bench and report_path is None:
+        return {}
+    from bnfold.check import equivalence
+    from bnfold.frontends.onnx import input_specs
+    from bnfold.sizes import compare_sizes
+
+    extras: dict[str, Any] = {}
+    if result.model is None:
+        return extras  # Keras to Keras: nothing in ONNX to count or time
+    specs = input_specs(result.model)
+    baseline: Any = model
+    if not _is_onnx(model):
+        baseline = _keras_as_onnx(model, allow_unsafe)
+        specs = input_specs(baseline)
+    extras["sizes"] = compare_sizes(baseline, result.model)
+    if result.check is not None and _is_onnx(model):
+        feeds = equivalence.load_npz_inputs(inputs_path, specs) if inputs_path is not None else None
+        extras["check"] = equivalence.detailed_check(
+            model,
+            result.model,
+            specs,
+            seed=seed,
+            dims=dims,
+            inputs=feeds,
+            description=result.check.inputs,
+            rtol=tolerances[0],
+            atol=tolerances[1],
+        )
+    if bench:
+        extras["latency"] = _measure(
+            baseline, result.model, specs, {**DEFAULT_BENCH, "seed": seed}, (model, "folded")
+        )
+    return extras
 
 
 @cli.command("inspect")
@@ -256,6 +462,128 @@ def check_command(
             raise CheckFailedError(f"{candidate} differs from {reference}")
 
     _run(debug, action)
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("folded", type=click.Path(dir_okay=False), required=False)
+@with_options(bench_options)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Seeded random input sets for the equivalence check.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--no-check", is_flag=True, help="Time only; skip the equivalence check.")
+@report_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--allow-unsafe", is_flag=True, help="Let Keras deserialise custom code.")
+@debug_option
+def bench_command(
+    model: str,
+    folded: str | None,
+    runs: int,
+    warmup: int,
+    time_budget: float | None,
+    threads: int,
+    batch: int,
+    provider: str,
+    level: str,
+    samples: int,
+    seed: int,
+    no_check: bool,
+    report_path: str | None,
+    as_json: bool,
+    allow_unsafe: bool,
+    debug: bool,
+) -> None:
+    """Time MODEL against FOLDED in onnxruntime, interleaved, after warm-up runs.
+
+    Without FOLDED, MODEL is folded in memory first (nothing is written). Reports p50/p90/p99
+    per model and the speedup with a bootstrap interval, at each optimisation level, with
+    threads, batch size, provider and machine stated; also sizes and the equivalence check.
+    Exits 1 when FOLDED does not compute the same function as MODEL.
+    """
+    from bnfold import api, report
+    from bnfold.check import equivalence
+    from bnfold.frontends.onnx import input_specs, load_onnx
+    from bnfold.sizes import compare_sizes
+
+    settings = {
+        "runs": runs,
+        "warmup": warmup,
+        "time_budget": time_budget,
+        "threads": threads,
+        "batch": batch,
+        "provider": provider,
+        "level": level,
+        "seed": seed,
+    }
+
+    def action() -> None:
+        result = None
+        if folded is None:
+            result = api.fold(model, check=False, allow_unsafe=allow_unsafe)
+            assert result.model is not None
+            candidate: Any = result.model
+            baseline: Any = model if _is_onnx(model) else _keras_as_onnx(model, allow_unsafe)
+            names = (model, "folded in memory")
+        else:
+            baseline, candidate = model, folded
+            load_onnx(folded)  # one clear line for a file that is not a model
+            names = (model, folded)
+        base_model = load_onnx(model) if isinstance(baseline, str) else baseline
+        specs = input_specs(base_model)
+        check = None
+        if not no_check:
+            check = equivalence.detailed_check(
+                baseline,
+                candidate,
+                specs,
+                samples=samples,
+                seed=seed,
+                shapes=_bench_shapes(specs, batch),
+            )
+        sizes = compare_sizes(base_model, candidate)
+        timing = _measure(baseline, candidate, specs, settings, names)
+        document = report.result_document(
+            result,
+            source=model,
+            candidate=folded,
+            check=check,
+            sizes=sizes,
+            latency=timing,
+            command="bench",
+        )
+        if as_json:
+            _emit_json(document)
+        else:
+            click.echo(report.format_report(result, check=check, sizes=sizes, latency=timing))
+        if report_path is not None:
+            _write_report(report_path, document)
+        if check is not None and not check.passed:
+            raise CheckFailedError(
+                f"{folded or 'the folded model'} differs from {model} (max rel {check.max_rel:.3g})"
+            )
+
+    _run(debug, action)
+
+
+def _bench_shapes(specs: Any, batch: int) -> dict[str, tuple[int, ...]]:
+    from bnfold.check.latency import benchmark_shapes
+
+    return benchmark_shapes(specs, batch)
+
+
+def _keras_as_onnx(path: str, allow_unsafe: bool) -> Any:
+    """The unfolded Keras model converted to ONNX: the baseline a Keras fold is timed against."""
+    from bnfold.frontends import keras as keras_frontend
+
+    return keras_frontend.keras_to_onnx(
+        keras_frontend.load_keras_model(Path(path), allow_unsafe=allow_unsafe)
+    )
 
 
 def main() -> None:
