@@ -1,0 +1,78 @@
+"""The seed models in models/ (trained by models/build_models.py) through the whole Keras path:
+load -> fold on Keras -> tf2onnx -> ONNX fold engine, compared with Keras' own prediction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+ort = pytest.importorskip("onnxruntime")
+import onnx_ir  # noqa: E402
+
+from bnfold.fold import fold_model  # noqa: E402
+from bnfold.frontends import keras as frontend  # noqa: E402
+
+pytestmark = pytest.mark.keras
+MODELS = Path(__file__).resolve().parents[1] / "models"
+BOUND = 1e-5  # max relative error, float32; tf2onnx alone measures 1e-7 .. 1e-6 on these
+
+# What the Keras pass does with each model's BNs: (folded, left as no_linear_neighbour).
+KERAS_STAGE = {
+    "iris_mlp": (0, 5),  # every BN follows Dense(relu)
+    "swish_regressor": (3, 0),
+    "swish_classifier": (3, 0),
+    "flatten_bn_classifier": (0, 3),  # Flatten -> BN, then BNs after Dense(elu)
+    "flatten_bn_nobias_classifier": (2, 1),
+    "small_cnn": (4, 0),
+}
+FILES = [f"{name}{suffix}" for name in KERAS_STAGE for suffix in (".h5", ".keras")]
+
+
+def relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def run_onnx(model: onnx_ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        onnx_ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds), strict=True))
+
+
+def test_demo_model_file_exists() -> None:
+    assert (MODELS / "iris_mlp.h5").is_file()
+    assert sum(path.stat().st_size for path in MODELS.iterdir()) < 5.5e6
+
+
+@pytest.mark.parametrize("filename", FILES)
+def test_seed_model_folds_and_matches_keras(filename: str) -> None:
+    model = frontend.load_keras_model(MODELS / filename)
+    rng = np.random.default_rng(0)
+    feeds = {
+        spec.name: rng.normal(size=(4, *spec.shape[1:])).astype(spec.dtype)
+        for spec in frontend.keras_input_specs(model)
+    }
+    expected = frontend.predict_keras(model, feeds)
+
+    folded, entries = frontend.fold_keras_model(model)
+    outcomes = Counter(entry.reason.value if entry.reason else "folded" for entry in entries)
+    folded_count, left_count = KERAS_STAGE[filename.rsplit(".", 1)[0]]
+    assert (
+        outcomes == Counter({"folded": folded_count, "no_linear_neighbour": left_count}) - Counter()
+    )
+    for output, values in frontend.predict_keras(folded, feeds).items():
+        assert relative_error(expected[output], values) <= BOUND
+
+    result = fold_model(frontend.keras_to_onnx(folded))
+    actual = run_onnx(result.model, feeds)
+    assert list(actual) == list(expected)
+    for output, values in expected.items():
+        assert relative_error(values, actual[output]) <= BOUND
