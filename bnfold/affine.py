@@ -159,3 +159,48 @@ def cast_checked(values: FloatArray, dtype: np.dtype[np.generic] | type) -> npt.
         if np.any((back == 0.0) & (values != 0.0)):
             raise FoldArithmeticError(f"folded values underflow {target.name} to zero")
     return cast
+
+
+def fold_before_grouped(
+    weight: npt.ArrayLike, bias: npt.ArrayLike | None, affine: ScaleShift, groups: int
+) -> tuple[FloatArray, FloatArray]:
+    """Forward fold into an ONNX Conv of ``groups`` groups, weight ``[out, in/g, k...]``.
+
+    Input channel ``c = group*(in/g) + j`` feeds only the output channels ``o`` of its group
+    (``group = o // (out/g)``), so ``W'[o, j, k] = W[o, j, k] * s[group(o)*(in/g) + j]`` and
+    ``b'[o] = b[o] + sum_{j,k} W[o, j, k] * t[group(o)*(in/g) + j]``. ``groups == 1`` is
+    ``fold_before(..., input_axis=1, output_axis=0)``; depthwise is ``groups == in``.
+    """
+    weight64 = np.asarray(weight, dtype=np.float64)
+    out_channels, in_per_group = weight64.shape[:2]
+    affine = affine.broadcast_to(in_per_group * groups)
+    # Row o of these [out, in/g] tables holds s (or t) of the input channels o's group reads.
+    group_of_output = np.arange(out_channels) // (out_channels // groups)
+    scale = affine.scale.reshape(groups, in_per_group)[group_of_output]
+    shift = affine.shift.reshape(groups, in_per_group)[group_of_output]
+    kernel_axes = (1,) * (weight64.ndim - 2)
+    new_weight = weight64 * scale.reshape(scale.shape + kernel_axes)
+    through = (weight64 * shift.reshape(shift.shape + kernel_axes)).reshape(out_channels, -1)
+    bias64 = np.zeros(out_channels) if bias is None else as_float64_vector(bias)
+    return new_weight, bias64 + through.sum(axis=1)
+
+
+def fold_before_transposed(
+    weight: npt.ArrayLike, bias: npt.ArrayLike | None, affine: ScaleShift, groups: int
+) -> tuple[FloatArray, FloatArray]:
+    """Forward fold into an ONNX ConvTranspose of ``groups`` groups, weight ``[in, out/g, k...]``.
+
+    ``W' = W * s`` along axis 0 (the input channel), and output channel
+    ``o = group*(out/g) + j`` gains ``sum_{i in group, k} W[i, j, k] * t[i]``. The bias is exact
+    only where every output position receives every kernel tap (kernel 1, stride 1) or ``t == 0``.
+    """
+    weight64 = np.asarray(weight, dtype=np.float64)
+    in_channels, out_per_group = weight64.shape[:2]
+    affine = affine.broadcast_to(in_channels)
+    new_weight = weight64 * along_axis(affine.scale, 0, weight64.ndim)
+    shifted = weight64 * along_axis(affine.shift, 0, weight64.ndim)
+    per_input = shifted.reshape(in_channels, out_per_group, -1).sum(axis=2)  # [in, out/g]
+    through = per_input.reshape(groups, in_channels // groups, out_per_group).sum(axis=1)
+    out_channels = groups * out_per_group
+    bias64 = np.zeros(out_channels) if bias is None else as_float64_vector(bias)
+    return new_weight, bias64 + through.reshape(-1)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from bnfold.rules.base import Rule
 from bnfold.rules.conv import ConvThenAffine
 from bnfold.rules.conv_transpose import ConvTransposeThenAffine
+from bnfold.rules.forward import AffineThenLinear
+from bnfold.rules.forward_conv import AffineThenConv, AffineThenConvTranspose
+from bnfold.rules.forward_gemm import AffineThenGemm
+from bnfold.rules.forward_matmul import AffineThenMatMul
 from bnfold.rules.gemm import GemmThenAffine
 from bnfold.rules.matmul import MatMulThenAffine
 
@@ -15,6 +19,12 @@ BACKWARD_RULES: tuple[Rule, ...] = (
     MatMulThenAffine(),
 )
 
-FORWARD_RULES: tuple[Rule, ...] = ()
+# One forward rule: a BN read by several layers folds into all of them or none, whatever
+# their kinds, so the per-layer targets sit under one walk.
+FORWARD_RULES: tuple[Rule, ...] = (
+    AffineThenLinear(
+        (AffineThenConv(), AffineThenConvTranspose(), AffineThenGemm(), AffineThenMatMul())
+    ),
+)
 
 __all__ = ["BACKWARD_RULES", "FORWARD_RULES", "Rule"]

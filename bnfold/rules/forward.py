@@ -1,0 +1,369 @@
+"""Affine before linear layers: fold a BN into EVERY layer that reads it (DESIGN.md section 1).
+
+    y = W (s*x + t) + b   ->   W' = W scaled by s along the INPUT-channel axis,   b' = b + W.t
+
+``W.t`` sums ``W * t`` over the input channels and the kernel positions, so a convolution that
+pads its input with zeros is not exact at the borders (the zeros are not shifted by ``t``).
+
+The walk goes FORWARD from the chain's output through layout ops (Identity, Transpose,
+Reshape, Flatten, Squeeze, Unsqueeze) to every reader; the fold applies to all readers or to
+none. A graph output, or a reader no target can fold, blocks it
+(``Reason.CONSUMER_NOT_FOLDABLE``, naming the reader).
+
+Through layout ops, the channel of every element is proven from static shapes: an array holding
+each element's BN channel (one sample; a dynamic batch dimension counts as 1) is moved through
+the same ops. A reshape may carry a dynamic dimension only as the leading one on both sides with
+the other dimensions static and of equal product, which proves every sample keeps its elements.
+At the layer, every input feature must belong to one BN channel; ``s`` and ``t`` are then
+repeated in that order (each channel H*W times after an NCHW Flatten, tiled after an NHWC one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+from bnfold.affine import FoldArithmeticError, ScaleShift
+from bnfold.foldlog import Outcome, Reason, Skip
+from bnfold.graph import (
+    LAYOUT_OPS,
+    constant_array,
+    int_attr,
+    ints_attr,
+    node_label,
+    rank_of,
+    static_dims,
+)
+from bnfold.rules.affines import AffineChain
+from bnfold.rules.base import FoldContext, Folded, remove_affine_chain
+
+Apply = Callable[[], None]
+"""Writes a fold whose arrays are already computed; cannot fail."""
+
+
+@dataclass
+class ForwardLayer:
+    """A linear node as the forward walk sees it: it contracts ``in_features`` features on
+    axis ``input_axis`` of its data input (negative: counted from the end)."""
+
+    node: ir.Node
+    input_axis: int
+    in_features: int
+
+
+class ForwardTarget:
+    """One kind of layer an affine can be folded into. Subclasses say where the weight is and
+    how to rewrite it; ``plan`` computes every new array and returns the writes to do."""
+
+    op_type: str = ""
+
+    def describe(self, node: ir.Node) -> ForwardLayer | Skip:
+        raise NotImplementedError
+
+    def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
+        """``affine`` holds one ``(s, t)`` per input feature. May raise FoldArithmeticError."""
+        raise NotImplementedError
+
+
+@dataclass
+class Reader:
+    """A node that reads the affine's output at input ``index``, through ``layout`` nodes."""
+
+    node: ir.Node
+    index: int
+    layout: list[ir.Node] = field(default_factory=list)
+
+
+def walk_forward(value: ir.Value) -> tuple[list[Reader], list[str]]:
+    """Every non-layout reader of ``value``, looking through layout ops, and what blocks a fold
+    (graph outputs, a layout op reading it other than as its data)."""
+    readers: list[Reader] = []
+    blockers: list[str] = []
+    pending: list[tuple[ir.Value, list[ir.Node]]] = [(value, [])]
+    while pending:
+        current, layout = pending.pop()
+        if current.is_graph_output():
+            blockers.append(f"{current.name} is a graph output")
+        for use in sorted(current.uses(), key=lambda use: (node_label(use.node), use.idx)):
+            node = use.node
+            if node.op_type in LAYOUT_OPS and node.domain in ("", "ai.onnx"):
+                if use.idx != 0:
+                    blockers.append(f"{node_label(node)} reads it as input {use.idx}")
+                else:
+                    pending.append((node.outputs[0], [*layout, node]))
+                continue
+            readers.append(Reader(node, use.idx, layout))
+    return readers, blockers
+
+
+# --------------------------------------------------------------------------- layout proof
+
+
+@dataclass
+class ChannelMap:
+    """The BN channel of every element of one sample; dynamic dimensions have size 1."""
+
+    ids: npt.NDArray[np.int64]
+    dynamic: tuple[bool, ...]
+
+
+def _unproven(node: ir.Node, why: str) -> Skip:
+    return Skip(Reason.UNPROVEN_LAYOUT, f"{node_label(node)}: {why}")
+
+
+def _product(dims: Sequence[int | None]) -> int | None:
+    """The product of the dimensions, ``None`` when one is dynamic."""
+    known = [dim for dim in dims if dim is not None]
+    return math.prod(known) if len(known) == len(dims) else None
+
+
+def _output_dims(node: ir.Node, in_dims: tuple[int | None, ...]) -> tuple[int | None, ...] | None:
+    """The output dimensions from shape inference, else computed for Flatten and for a Reshape
+    by a constant shape; one unknown dimension is resolved when the input is fully static."""
+    dims = static_dims(node.outputs[0])
+    if dims is None and node.op_type == "Flatten":
+        axis = int_attr(node, "axis", 1)
+        axis = axis + len(in_dims) if axis < 0 else axis
+        dims = (_product(in_dims[:axis]), _product(in_dims[axis:]))
+    elif dims is None and node.op_type == "Reshape" and len(node.inputs) > 1:
+        shape = constant_array(node.inputs[1])
+        if shape is None or int_attr(node, "allowzero", 0):
+            return None
+        dims = tuple(
+            None if size == -1 else (in_dims[i] if size == 0 else int(size))
+            for i, size in enumerate(shape.reshape(-1).tolist())
+        )
+    if dims is None:
+        return None
+    if None not in in_dims and dims.count(None) == 1:
+        known = math.prod(d for d in dims if d is not None)
+        total = _product(in_dims)
+        if total is not None and known and total % known == 0:
+            dims = tuple(total // known if d is None else d for d in dims)
+    return dims
+
+
+def _reshape(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
+    """Reshape, Flatten, Squeeze, Unsqueeze: element order is kept, so the map is reshaped.
+
+    With a dynamic dimension on either side, only ``[batch, static...] -> [batch, static...]``
+    with equal static products is proven: the output's leading dimension is then the batch.
+    """
+    in_dims = tuple(
+        None if dyn else size
+        for size, dyn in zip(channel_map.ids.shape, channel_map.dynamic, strict=True)
+    )
+    out_dims = _output_dims(node, in_dims)
+    if out_dims is None:
+        return _unproven(node, "output shape unknown")
+    out_dynamic = tuple(d is None for d in out_dims)
+    total_out = _product(out_dims)
+    if _product(in_dims) is not None and total_out is not None:
+        if total_out != channel_map.ids.size:
+            return _unproven(node, f"{list(in_dims)} -> {list(out_dims)} changes the size")
+        static_out = tuple(d for d in out_dims if d is not None)
+        return ChannelMap(channel_map.ids.reshape(static_out), out_dynamic)
+    rest_in = _product(in_dims[1:]) if in_dims and in_dims[0] is None else None
+    rest_out = _product(out_dims[1:]) if out_dims and out_dims[0] is None else None
+    if rest_in is None or rest_in != rest_out:
+        return _unproven(
+            node,
+            f"cannot prove each sample keeps its elements ({list(in_dims)} -> {list(out_dims)})",
+        )
+    static_rest = tuple(d for d in out_dims[1:] if d is not None)
+    return ChannelMap(channel_map.ids.reshape((1, *static_rest)), out_dynamic)
+
+
+def follow_layout(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
+    """The channel map at ``node``'s output, given it at its data input."""
+    if node.op_type == "Identity":
+        return channel_map
+    if node.op_type == "Transpose":
+        perm = ints_attr(node, "perm") or list(reversed(range(channel_map.ids.ndim)))
+        if sorted(perm) != list(range(channel_map.ids.ndim)):
+            return _unproven(node, f"perm {perm} does not match rank {channel_map.ids.ndim}")
+        dynamic = tuple(channel_map.dynamic[axis] for axis in perm)
+        return ChannelMap(channel_map.ids.transpose(perm), dynamic)
+    return _reshape(node, channel_map)
+
+
+def initial_channel_map(chain: AffineChain, axis: int, channels: int) -> ChannelMap | Skip:
+    dims = static_dims(chain.output) or static_dims(chain.input)
+    if dims is None:
+        return Skip(Reason.UNPROVEN_LAYOUT, f"the shape of {chain.output.name} is unknown")
+    if axis >= len(dims) or dims[axis] != channels:
+        return Skip(
+            Reason.UNPROVEN_LAYOUT,
+            f"axis {axis} of {chain.output.name} {list(dims)} is not {channels} channels",
+        )
+    shape = tuple(1 if size is None else size for size in dims)
+    channel_index = np.arange(channels, dtype=np.int64).reshape(
+        [channels if a == axis else 1 for a in range(len(dims))]
+    )
+    ids = np.broadcast_to(channel_index, shape).copy()
+    return ChannelMap(ids, tuple(size is None for size in dims))
+
+
+def features_to_channels(
+    channel_map: ChannelMap, axis: int, features: int, layer: ir.Node
+) -> npt.NDArray[np.int64] | Skip:
+    """The BN channel of each of the layer's input features; every feature must hold one."""
+    if not -channel_map.ids.ndim <= axis < channel_map.ids.ndim:
+        return _unproven(layer, f"axis {axis} is outside rank {channel_map.ids.ndim}")
+    if channel_map.dynamic[axis] or channel_map.ids.shape[axis] != features:
+        return _unproven(layer, f"the input axis {axis} does not hold {features} static features")
+    table = np.moveaxis(channel_map.ids, axis, 0).reshape(features, -1)
+    if not np.all(table == table[:, :1]):
+        return _unproven(layer, "an input feature mixes elements of several BN channels")
+    return table[:, 0]
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+class AffineThenLinear:
+    """Fold an affine chain forward into every linear layer that reads it (see module doc).
+
+    Declines with ``None`` when no reader is a layer any target folds into (the engine then
+    reports ``NO_LINEAR_NEIGHBOUR``), and for a lone ``Add``/``Sub`` after a MatMul: that is
+    the layer's bias, not a BN.
+    """
+
+    def __init__(self, targets: Sequence[ForwardTarget]) -> None:
+        self.targets = {target.op_type: target for target in targets}
+
+    def _target(self, node: ir.Node) -> ForwardTarget | None:
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        return self.targets.get(node.op_type)
+
+    def fold(self, context: FoldContext, chain: AffineChain) -> Folded | Skip | None:
+        if not chain.has_scale and len(chain.ops) == 1:
+            producer = chain.input.producer()
+            if producer is not None and producer.op_type == "MatMul":
+                return None
+        readers, blockers = walk_forward(chain.output)
+        if not any(self._target(reader.node) is not None for reader in readers):
+            return None
+        blockers += [
+            f"{node_label(reader.node)} ({reader.node.op_type}) also reads it"
+            for reader in readers
+            if self._target(reader.node) is None
+        ]
+        if blockers:
+            return Skip(Reason.CONSUMER_NOT_FOLDABLE, "; ".join(blockers))
+        if len({id(reader.node) for reader in readers}) != len(readers):
+            return Skip(Reason.CONSUMER_NOT_FOLDABLE, "a layer reads the BN output twice")
+        resolved = chain.resolve(rank_of(chain.input) or rank_of(chain.output))
+        if isinstance(resolved, Skip):
+            return resolved
+        affine, chain_axis = resolved
+        applies: list[Apply] = []
+        for reader in readers:
+            answer = self._plan_reader(context, chain, reader, affine, chain_axis)
+            if isinstance(answer, Skip):
+                return answer
+            applies.append(answer)
+        for apply in applies:
+            apply()
+        remove_affine_chain(context, chain)
+        layout = {id(node): node for reader in readers for node in reader.layout}
+        return Folded(
+            Outcome.FOLDED_INTO_NEXT,
+            [node_label(reader.node) for reader in readers],
+            [node_label(node) for node in layout.values()],
+        )
+
+    def _plan_reader(
+        self,
+        context: FoldContext,
+        chain: AffineChain,
+        reader: Reader,
+        affine: ScaleShift,
+        chain_axis: int | None,
+    ) -> Apply | Skip:
+        target = self._target(reader.node)
+        assert target is not None
+        label = node_label(reader.node)
+        if reader.index != 0:
+            return Skip(
+                Reason.CONSUMER_NOT_FOLDABLE, f"{label} reads it as input {reader.index}, not data"
+            )
+        layer = target.describe(reader.node)
+        if isinstance(layer, Skip):
+            return layer
+        per_feature = self._per_feature(chain, reader, layer, affine, chain_axis)
+        if isinstance(per_feature, Skip):
+            return per_feature
+        try:
+            return target.plan(context, layer, per_feature)
+        except FoldArithmeticError as error:
+            return Skip(Reason.DTYPE_RANGE, f"{label}: {error}")
+
+    @staticmethod
+    def _per_feature(
+        chain: AffineChain,
+        reader: Reader,
+        layer: ForwardLayer,
+        affine: ScaleShift,
+        chain_axis: int | None,
+    ) -> ScaleShift | Skip:
+        """``(s, t)`` for each of the layer's input features."""
+        features = layer.in_features
+        label = node_label(layer.node)
+        if chain_axis is None:  # a scalar affine commutes with every layout op
+            if affine.channels != 1:
+                return Skip(Reason.CHANNEL_MISMATCH, "a per-channel affine without a known axis")
+            return affine.broadcast_to(features)
+        channels = affine.channels
+        if not reader.layout:
+            rank = rank_of(chain.output) or rank_of(chain.input)
+            layer_axis = layer.input_axis
+            if layer_axis < 0:
+                if rank is None:
+                    return Skip(
+                        Reason.UNPROVEN_LAYOUT, f"{label}: the rank of its input is unknown"
+                    )
+                layer_axis += rank
+            if layer_axis != chain_axis:
+                return Skip(
+                    Reason.CHANNEL_MISMATCH,
+                    f"the BN acts on axis {chain_axis}, {label} reads features on axis {layer_axis}",
+                )
+            if channels not in (1, features):
+                return Skip(
+                    Reason.CHANNEL_MISMATCH,
+                    f"the BN has {channels} channels, {label} reads {features}",
+                )
+            return affine.broadcast_to(features)
+        channel_map = initial_channel_map(chain, chain_axis, channels)
+        for node in reader.layout:
+            if isinstance(channel_map, Skip):
+                break
+            channel_map = follow_layout(node, channel_map)
+        if isinstance(channel_map, Skip):
+            return channel_map
+        channel_of_feature = features_to_channels(
+            channel_map, layer.input_axis, features, layer.node
+        )
+        if isinstance(channel_of_feature, Skip):
+            return channel_of_feature
+        full = affine.broadcast_to(channels)
+        return ScaleShift(full.scale[channel_of_feature], full.shift[channel_of_feature])
+
+
+__all__ = [
+    "AffineThenLinear",
+    "Apply",
+    "ChannelMap",
+    "ForwardLayer",
+    "ForwardTarget",
+    "Reader",
+    "follow_layout",
+    "walk_forward",
+]

@@ -1,0 +1,162 @@
+"""Affine before a Conv or ConvTranspose (any dims, any groups).
+
+Conv, weight ``[out, in/g, k...]``, input channel ``c = group*(in/g) + j``:
+
+    W'[o, j, k] = W[o, j, k] * s[c]        b'[o] = b[o] + sum_{j,k} W[o, j, k] * t[c]
+
+for the input channels ``c`` of output channel ``o``'s group (depthwise: ``g == in``). Exact when
+the convolution reads no padding zeros (``pads`` all 0 and ``auto_pad`` NOTSET/VALID, or SAME
+with a 1x1 effective kernel), or when ``t == 0``; otherwise left with ``Reason.PADDING``.
+
+ConvTranspose, weight ``[in, out/g, k...]``: ``W' = W * s`` along axis 0 and output channel
+``o = group*(out/g) + j`` gains ``sum_{i,k} W[i, j, k] * t[i]``. That sum reaches an output
+position only when it receives every kernel tap, which holds everywhere only for a 1x1 kernel
+with stride 1 (border positions and stride gaps get fewer taps), so otherwise ``t`` must be 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+from bnfold.affine import ScaleShift, fold_before_grouped, fold_before_transposed
+from bnfold.foldlog import Reason, Skip
+from bnfold.graph import int_attr, ints_attr, node_label, set_constant_input, string_attr
+from bnfold.rules.base import (
+    FoldContext,
+    cast_like,
+    constant_weight,
+    optional_constant,
+    weight_dtype_skip,
+)
+from bnfold.rules.forward import Apply, ForwardLayer, ForwardTarget
+
+
+def _kernel_extent(node: ir.Node, weight: npt.NDArray[np.generic]) -> list[int]:
+    """Effective kernel size per spatial axis: ``(k - 1) * dilation + 1``."""
+    kernel = list(weight.shape[2:])
+    dilations = ints_attr(node, "dilations") or [1] * len(kernel)
+    return [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=False)]
+
+
+def conv_padding(node: ir.Node, weight: npt.NDArray[np.generic]) -> str | None:
+    """Why the Conv reads padding zeros, or ``None`` when it never does."""
+    auto_pad = string_attr(node, "auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # SAME pads (ceil(in/stride) - 1) * stride + extent - in, which is <= 0 for extent 1.
+        if all(extent == 1 for extent in _kernel_extent(node, weight)):
+            return None
+        return f"auto_pad={auto_pad}"
+    if auto_pad == "VALID":
+        return None
+    pads = ints_attr(node, "pads") or []
+    if any(pad != 0 for pad in pads):
+        return f"pads={pads}"
+    return None
+
+
+def _write(
+    context: FoldContext,
+    node: ir.Node,
+    weight: npt.NDArray[np.generic],
+    bias: npt.NDArray[np.generic] | None,
+) -> Apply:
+    label = node_label(node)
+
+    def apply() -> None:
+        set_constant_input(context.graph, node, 1, weight, context.names, f"{label}_weight_bnfold")
+        if bias is not None:
+            set_constant_input(context.graph, node, 2, bias, context.names, f"{label}_bias_bnfold")
+
+    return apply
+
+
+def _describe(node: ir.Node, in_features: int | None = None) -> ForwardLayer | Skip:
+    weight = constant_weight(node, 1)
+    if isinstance(weight, Skip):
+        return weight
+    if dtype_skip := weight_dtype_skip(weight):
+        return dtype_skip
+    if isinstance(bias := optional_constant(node, 2), Skip):
+        return bias
+    if weight.ndim < 3:
+        return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight is {weight.ndim}-D")
+    return ForwardLayer(node, 1, in_features if in_features is not None else weight.shape[0])
+
+
+class AffineThenConv(ForwardTarget):
+    op_type = "Conv"
+
+    def describe(self, node: ir.Node) -> ForwardLayer | Skip:
+        weight = constant_weight(node, 1)
+        if isinstance(weight, Skip):
+            return weight
+        return _describe(node, weight.shape[1] * int_attr(node, "group", 1))
+
+    def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
+        node = layer.node
+        weight = constant_weight(node, 1)
+        bias = optional_constant(node, 2)
+        assert not isinstance(weight, Skip) and not isinstance(bias, Skip)
+        if not affine.has_zero_shift and (padding := conv_padding(node, weight)):
+            return Skip(
+                Reason.PADDING,
+                f"{node_label(node)} pads its input with zeros ({padding}), which the BN "
+                "shift would not reach",
+            )
+        new_weight, new_bias = fold_before_grouped(weight, bias, affine, int_attr(node, "group", 1))
+        keep_bias = bias is not None or not affine.has_zero_shift
+        return _write(
+            context,
+            node,
+            cast_like(new_weight, weight),
+            cast_like(new_bias, weight) if keep_bias else None,
+        )
+
+
+class AffineThenConvTranspose(ForwardTarget):
+    op_type = "ConvTranspose"
+
+    def describe(self, node: ir.Node) -> ForwardLayer | Skip:
+        return _describe(node)
+
+    def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
+        node = layer.node
+        weight = constant_weight(node, 1)
+        bias = optional_constant(node, 2)
+        assert not isinstance(weight, Skip) and not isinstance(bias, Skip)
+        if not affine.has_zero_shift and (uneven := self._uneven_taps(node, weight)):
+            return Skip(
+                Reason.PADDING,
+                f"{node_label(node)}: {uneven}, so output positions receive different numbers "
+                "of kernel taps and the BN shift cannot become a bias",
+            )
+        new_weight, new_bias = fold_before_transposed(
+            weight, bias, affine, int_attr(node, "group", 1)
+        )
+        keep_bias = bias is not None or not affine.has_zero_shift
+        return _write(
+            context,
+            node,
+            cast_like(new_weight, weight),
+            cast_like(new_bias, weight) if keep_bias else None,
+        )
+
+    @staticmethod
+    def _uneven_taps(node: ir.Node, weight: npt.NDArray[np.generic]) -> str | None:
+        kernel = list(weight.shape[2:])
+        if any(k != 1 for k in kernel):
+            return f"kernel {kernel}"
+        strides = ints_attr(node, "strides") or []
+        if any(stride != 1 for stride in strides):
+            return f"strides {strides}"
+        if "output_shape" in node.attributes:
+            return "output_shape is set"
+        output_padding = ints_attr(node, "output_padding") or []
+        if any(pad != 0 for pad in output_padding):
+            return f"output_padding {output_padding}"
+        return None
+
+
+__all__ = ["AffineThenConv", "AffineThenConvTranspose", "conv_padding"]
