@@ -294,7 +294,7 @@ def benchmark(
     *,
     levels: Sequence[str] = ("all", "disable"),
     threads: int = 1,
-    batch: int | None = None,
+    batch: int | None = 1,
     provider: str = "CPUExecutionProvider",
     warmup: int = 5,
     runs: int = 50,
