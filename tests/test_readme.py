@@ -1,4 +1,4 @@
-"""The README's commands are run as written, so the front page cannot go stale."""
+"""The commands in README.md and docs/ are run as written, so the docs cannot go stale."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+# Pages whose ```bash blocks are run in order after the README's (paths relative to ROOT).
+DOC_PAGES = ("docs/user-guide.md",)
 # `make` and `pip` set up the environment these tests already run in.
 SETUP_COMMANDS = ("make ", "pip ")
 
 
-def fenced_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+def fenced_blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
-def readme_commands() -> list[str]:
+def readme_commands(text: str = README) -> list[str]:
     commands = []
-    for block in fenced_blocks("bash"):
+    for block in fenced_blocks("bash", text):
         for line in block.splitlines():
             command = line.split("  #")[0].strip()
             if command and not command.startswith(SETUP_COMMANDS):
@@ -59,6 +61,15 @@ def test_readme_commands_succeed_in_order(workdir):
             as_argv(command), cwd=workdir, capture_output=True, text=True, env=os.environ.copy()
         )
         assert completed.returncode == 0, f"{command}\n{completed.stdout}\n{completed.stderr}"
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_page_commands_succeed(workdir, page):
+    commands = readme_commands((ROOT / page).read_text())
+    assert commands
+    for command in commands:
+        completed = subprocess.run(as_argv(command), cwd=workdir, capture_output=True, text=True)
+        assert completed.returncode == 0, f"{page}: {command}\n{completed.stderr}"
 
 
 def test_readme_sample_output_is_what_bnfold_prints(workdir):

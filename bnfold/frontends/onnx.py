@@ -20,6 +20,8 @@ from bnfold.errors import InputError, OutputError
 from bnfold.graph import iter_graphs
 from bnfold.specs import InputSpec
 
+# Set on models loaded from a file with external data, so the output keeps that layout.
+EXTERNAL_DATA_META = "bnfold.external_data"
 # Protobuf cannot serialise a message over 2 GiB; stay clear of the limit.
 INLINE_LIMIT_BYTES = 1_800_000_000
 ONNX_SUFFIXES = (".onnx",)
@@ -69,7 +71,9 @@ def read_proto(path: Path) -> onnx.ModelProto:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path.parent)
     try:
-        onnx.checker.check_model(proto)
+        # With external data the checker must resolve locations against the model's folder.
+        has_external = next(_external_locations(proto), None) is not None
+        onnx.checker.check_model(str(path) if has_external else proto)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise InputError(f"{path}: invalid ONNX model: {first_line}") from error
@@ -100,6 +104,7 @@ def load_onnx(path: str | os.PathLike[str]) -> ir.Model:
     except Exception as error:
         raise InputError(f"{path}: cannot read the graph ({error})") from error
     ir.external_data.set_base_dir(model.graph, path.parent)
+    model.meta[EXTERNAL_DATA_META] = next(_external_locations(proto), None) is not None
     return model
 
 
@@ -121,7 +126,11 @@ def weight_bytes(model: ir.Model) -> int:
 
 
 def needs_external_data(model: ir.Model) -> bool:
-    return has_external_tensors(model) or weight_bytes(model) > INLINE_LIMIT_BYTES
+    return (
+        bool(model.meta.get(EXTERNAL_DATA_META))
+        or has_external_tensors(model)
+        or weight_bytes(model) > INLINE_LIMIT_BYTES
+    )
 
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
