@@ -27,5 +27,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check bnfold tests models benchmarks
 	$(BIN)/mypy
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/peers.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info folded.onnx

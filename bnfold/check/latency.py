@@ -229,6 +229,62 @@ def _timed_run(session: ort.InferenceSession, feeds: Mapping[str, Any]) -> float
     return (time.perf_counter_ns() - started) / 1e6
 
 
+def benchmark_session(
+    source: ModelSource,
+    *,
+    level: str,
+    threads: int = 1,
+    provider: str = "CPUExecutionProvider",
+) -> ort.InferenceSession:
+    """A session set up for timing: ``level`` is ``all`` or ``disable``, ``threads`` intra-op
+    threads, one inter-op thread, sequential execution."""
+    if level not in LEVELS:
+        raise UsageError(f"unknown optimisation level {level!r}: use all or disable")
+    return make_session(source, providers=[provider], options=_options(level, threads))
+
+
+def time_round_robin(
+    sessions: Mapping[str, ort.InferenceSession],
+    feeds: Mapping[str, npt.NDArray[Any]],
+    *,
+    runs: int,
+    warmup: int = 0,
+    time_budget_s: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    rotate: bool = False,
+) -> tuple[dict[str, list[float]], list[str], str]:
+    """Time every session once per round, in the order given, for ``runs`` rounds after
+    ``warmup`` untimed rounds: milliseconds per session, the order run, and what stopped it.
+
+    With ``rotate`` round ``i`` starts at the ``i``-th session, so that with many models none
+    always runs right after the same neighbour."""
+    inputs = {
+        name: {item.name: feeds[item.name] for item in session.get_inputs() if item.name in feeds}
+        for name, session in sessions.items()
+    }
+    for _ in range(warmup):
+        for name, session in sessions.items():
+            session.run(None, inputs[name])
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    order: list[str] = []
+    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
+    stopped_by = "runs"
+    for index in range(runs):
+        if deadline is not None and index >= MIN_PAIRS and time.perf_counter() >= deadline:
+            stopped_by = "time budget"
+            break
+        names = list(sessions)
+        if rotate:
+            shift = index % len(names)
+            names = names[shift:] + names[:shift]
+        for name in names:
+            timings[name].append(_timed_run(sessions[name], inputs[name]))
+            order.append(name)
+        if progress is not None:
+            progress(1)
+    return timings, order, stopped_by
+
+
 def measure_level(
     baseline: ModelSource,
     candidate: ModelSource,
@@ -244,32 +300,18 @@ def measure_level(
     progress: Callable[[int], None] | None = None,
 ) -> LevelLatency:
     """Time both models at one optimisation level, interleaved A B A B."""
-    if level not in LEVELS:
-        raise UsageError(f"unknown optimisation level {level!r}: use all or disable")
     sessions = {
-        name: make_session(source, providers=[provider], options=_options(level, threads))
-        for name, source in ((BASELINE, baseline), (CANDIDATE, candidate))
+        BASELINE: benchmark_session(baseline, level=level, threads=threads, provider=provider),
+        CANDIDATE: benchmark_session(candidate, level=level, threads=threads, provider=provider),
     }
-    inputs = {
-        name: {item.name: feeds[item.name] for item in session.get_inputs() if item.name in feeds}
-        for name, session in sessions.items()
-    }
-    for _ in range(warmup):
-        for name in (BASELINE, CANDIDATE):
-            sessions[name].run(None, inputs[name])
-    timings: dict[str, list[float]] = {BASELINE: [], CANDIDATE: []}
-    order: list[str] = []
-    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
-    stopped_by = "runs"
-    for index in range(runs):
-        if deadline is not None and index >= MIN_PAIRS and time.perf_counter() >= deadline:
-            stopped_by = "time budget"
-            break
-        for name in (BASELINE, CANDIDATE):
-            timings[name].append(_timed_run(sessions[name], inputs[name]))
-            order.append(name)
-        if progress is not None:
-            progress(1)
+    timings, order, stopped_by = time_round_robin(
+        sessions,
+        feeds,
+        runs=runs,
+        warmup=warmup,
+        time_budget_s=time_budget_s,
+        progress=progress,
+    )
     a, b = timings[BASELINE], timings[CANDIDATE]
     base_stats, cand_stats = LatencyStats.of(a), LatencyStats.of(b)
     return LevelLatency(
@@ -366,8 +408,10 @@ __all__ = [
     "Machine",
     "available_providers",
     "benchmark",
+    "benchmark_session",
     "benchmark_shapes",
     "bootstrap_speedup_ci",
     "machine_info",
     "measure_level",
+    "time_round_robin",
 ]
