@@ -255,6 +255,12 @@ class AffineThenLinear:
             for reader in readers
             if self._target(reader.node) is None
         ]
+        blockers += [
+            f"{node_label(node)} reads it inside a subgraph"
+            for reader in readers
+            for node in [*reader.layout, reader.node]
+            if node.graph is not context.graph
+        ]
         if blockers:
             return Skip(Reason.CONSUMER_NOT_FOLDABLE, "; ".join(blockers))
         if len({id(reader.node) for reader in readers}) != len(readers):

@@ -78,6 +78,7 @@ def test_per_channel_batchnorm_through_flatten_is_repeated_per_feature(rng, layo
         "shift": rng.normal(size=channels).astype(np.float32),
         **batchnorm_params(rng, channels),
     }
+    shape: list[int | str | None]
     if layout.startswith("nhwc"):
         shape = ["N", height, width, channels]
         affine = [
@@ -102,7 +103,7 @@ def test_per_channel_batchnorm_through_flatten_is_repeated_per_feature(rng, layo
         *layout_nodes,
         helper.make_node("Gemm", ["f", "w", "c"], ["y"], name="dense"),
     ]
-    model = make_model(nodes, [("x", FLOAT, shape)], ["y"], inits)
+    model = make_model(nodes, [("x", int(FLOAT), shape)], ["y"], inits)
     result, check, folded = fold_and_compare(model, dims={"N": 3})
     [entry] = result.entries
     assert entry.outcome is Outcome.FOLDED_INTO_NEXT
@@ -131,7 +132,8 @@ def test_unproven_flatten_is_left(rng, infer_shapes, target_shape, detail):
         helper.make_node("Reshape", ["n", "flat"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "w"], ["y"], name="dense"),
     ]
-    output = ("y", FLOAT, None if infer_shapes else ["N", 5])
+    output_shape: list[int | str | None] | None = None if infer_shapes else ["N", 5]
+    output = ("y", int(FLOAT), output_shape)
     model = make_model(
         nodes, [("x", FLOAT, ["N", 3, 2, 4])], [output], inits, infer_shapes=infer_shapes
     )

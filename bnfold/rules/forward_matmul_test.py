@@ -167,7 +167,7 @@ def test_plain_dense_bias_is_not_moved_into_the_next_layer(rng):
 @pytest.mark.parametrize("case", ["variable_weight", "read_as_weight", "weight_3d"])
 def test_matmul_refusals(rng, case):
     inits = {**batchnorm_params(rng, 4)}
-    inputs = [("x", FLOAT, ["N", 4])]
+    inputs: list[tuple[str, int, list[int | str | None]]] = [("x", FLOAT, ["N", 4])]
     matmul_inputs = ["n", "w"]
     if case == "variable_weight":
         inputs.append(("w", FLOAT, [4, 6]))
