@@ -57,6 +57,43 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             raise InputError(f"external data file {location!r} is missing")
 
 
+# Initializers above this size are left out of the skeleton that is checked and shape-inferred;
+# smaller ones stay, since shape inference reads Reshape targets and the like from them.
+SKELETON_TENSOR_BYTES = 4096
+
+
+def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large weights: each large (or external) initializer becomes a
+    typed graph input. The checker and shape inference then handle kilobytes, not the whole
+    file, and never open external data files."""
+    graph = proto.graph
+    skeleton = onnx.ModelProto(
+        ir_version=proto.ir_version,
+        opset_import=proto.opset_import,
+        functions=proto.functions,
+    )
+    lean = skeleton.graph
+    lean.name = graph.name
+    lean.node.extend(graph.node)
+    lean.input.extend(graph.input)
+    lean.output.extend(graph.output)
+    lean.value_info.extend(graph.value_info)
+    lean.sparse_initializer.extend(graph.sparse_initializer)
+    inputs = {value.name for value in graph.input}
+    for tensor in graph.initializer:
+        large = (
+            tensor.data_location == onnx.TensorProto.EXTERNAL
+            or tensor.ByteSize() > SKELETON_TENSOR_BYTES
+        )
+        if not large:
+            lean.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            lean.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return skeleton
+
+
 def read_proto(path: Path) -> onnx.ModelProto:
     """Parse and validate an ONNX file without loading its external data."""
     if not path.exists():
@@ -71,34 +108,42 @@ def read_proto(path: Path) -> onnx.ModelProto:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path.parent)
     try:
-        # With external data the checker must resolve locations against the model's folder.
-        has_external = next(_external_locations(proto), None) is not None
-        onnx.checker.check_model(str(path) if has_external else proto)
+        onnx.checker.check_model(_skeleton(proto))
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise InputError(f"{path}: invalid ONNX model: {first_line}") from error
     return proto
 
 
-def with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes help prove channel axes through Reshape/Flatten; a model they fail on still folds."""
+def add_inferred_shapes(proto: onnx.ModelProto) -> None:
+    """Record inferred shapes in ``proto.graph.value_info``: they let the fold prove channel
+    axes through Reshape/Flatten. A model inference fails on still folds, with fewer proofs."""
     try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(proto), data_prop=True)
     except Exception:
-        return proto
+        return
+    known = {value.name for value in proto.graph.value_info}
+    known.update(value.name for value in proto.graph.input)
+    known.update(value.name for value in proto.graph.output)
+    proto.graph.value_info.extend(
+        value for value in inferred.graph.value_info if value.name not in known
+    )
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
     """The model with inferred shapes on every value (for converters that write none)."""
-    if needs_external_data(model):
-        return model
-    return ir.serde.deserialize_model(with_shapes(ir.serde.serialize_model(model)))
+    proto = ir.serde.serialize_model(model)
+    add_inferred_shapes(proto)
+    inferred = ir.serde.deserialize_model(proto)
+    inferred.meta.update(model.meta)
+    return inferred
 
 
 def load_onnx(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX model for folding: validated, shapes inferred, external data left lazy."""
     path = Path(path)
-    proto = with_shapes(read_proto(path))
+    proto = read_proto(path)
+    add_inferred_shapes(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
