@@ -16,8 +16,12 @@ from bnfold.testing import pytorch_style_model
 
 def save_with_external_data(model: onnx.ModelProto, path: Path, location: str) -> None:
     onnx.save(
-        model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-        location=location, size_threshold=0,
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
     )
 
 

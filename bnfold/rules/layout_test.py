@@ -87,7 +87,7 @@ def test_spatial_zero_batchnorm_is_not_per_channel(rng):
 
 
 def test_matmul_by_a_vector_is_unsupported(rng):
-    inits = {"v": rng.normal(size=4).astype(np.float32), "s": np.float32([2.0])}
+    inits = {"v": rng.normal(size=4).astype(np.float32), "s": np.array([2.0], dtype=np.float32)}
     nodes = [
         helper.make_node("MatMul", ["x", "v"], ["m"], name="dot"),
         helper.make_node("Mul", ["m", "s"], ["y"], name="scale"),
