@@ -23,8 +23,8 @@ TEST_IR_VERSION = 8
 
 def make_model(
     nodes: Sequence[onnx.NodeProto],
-    inputs: Sequence[tuple[str, int, Sequence[int | str | None] | None]],
-    outputs: Sequence[tuple[str, int, Sequence[int | str | None] | None]] | Sequence[str],
+    inputs: Sequence[tuple[str, Any, Sequence[Any] | None]],
+    outputs: Sequence[tuple[str, Any, Sequence[Any] | None] | str],
     initializers: dict[str, npt.NDArray[Any]] | None = None,
     *,
     opset: int = 13,
