@@ -46,11 +46,9 @@ from onnx import TensorProto, helper, numpy_helper
 import bnfold
 from bnfold.check.equivalence import make_session, random_inputs, run_model
 from bnfold.check.latency import (
-    LatencyStats,
-    benchmark_session,
     benchmark_shapes,
     machine_info,
-    time_round_robin,
+    measure_level,
 )
 from bnfold.comparison import relative_error
 from bnfold.frontends.onnx import input_specs
@@ -237,7 +235,11 @@ CASES = [
 
 
 def run_bnfold(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    result = bnfold.fold(proto, check=False)
+    # Through a file, like `bnfold model.onnx -o out.onnx`: loading a file infers shapes,
+    # which prove channel axes through MatMul (an in-memory proto is folded as given).
+    path = folder / "bnfold_input.onnx"
+    onnx.save(proto, path)
+    result = bnfold.fold(path, check=False)
     assert result.model is not None
     return ir.serde.serialize_model(result.model)
 
@@ -304,6 +306,7 @@ class Row:
     left: str = "-"
     error: float | None = None
     p50: dict[str, float] = field(default_factory=dict)
+    vs_original: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     note: str = ""
     seconds: float = 0.0
 
@@ -350,40 +353,62 @@ def measure_case(case: ModelCase, runs: int, warmup: int, log: Callable[[str], N
         except Exception as error:
             rows[name].note = f"does not run: {str(error).splitlines()[0][:80]}"
             del variants[name]
+    # Each variant against the original, interleaved A B A B with bnfold's own benchmark: two
+    # models at a time keep the caches as warm as a deployment of one model would.
+    baseline = original.SerializeToString()
     for level in LEVELS:
-        sessions = {
-            name: benchmark_session(proto.SerializeToString(), level=level, threads=1)
-            for name, proto in variants.items()
-        }
-        timings, _, _ = time_round_robin(sessions, feeds, runs=runs, warmup=warmup, rotate=True)
-        for name, samples in timings.items():
-            rows[name].p50[level] = LatencyStats.of(samples).p50
+        originals = []
+        for name, proto in variants.items():
+            if name == "original":
+                continue
+            measured = measure_level(
+                baseline,
+                proto.SerializeToString(),
+                feeds,
+                level=level,
+                threads=1,
+                warmup=warmup,
+                runs=runs,
+            )
+            low, high = measured.speedup_ci
+            rows[name].p50[level] = measured.candidate.p50
+            rows[name].vs_original[level] = (1.0 / measured.speedup, 1.0 / high, 1.0 / low)
+            originals.append(measured.baseline.p50)
+        rows["original"].p50[level] = float(np.median(originals))
+        rows["original"].vs_original[level] = (1.0, 1.0, 1.0)
     return list(rows.values())
 
 
-def _ratio(row: Row, other: Row, level: str) -> str:
-    if level not in row.p50 or level not in other.p50:
+def _vs_original(row: Row, level: str) -> str:
+    if level not in row.vs_original:
         return "-"
-    return f"{row.p50[level] / other.p50[level]:.3f}"
+    ratio, low, high = row.vs_original[level]
+    return f"{ratio:.3f} ({low:.3f}-{high:.3f})" if row.tool != "original" else "1"
+
+
+def _vs_limit(row: Row, limit: Row, level: str) -> str:
+    if level not in row.vs_original or level not in limit.vs_original:
+        return "-"
+    return f"{row.vs_original[level][0] / limit.vs_original[level][0]:.3f}"
 
 
 def table(case: ModelCase, rows: list[Row]) -> str:
-    by_name = {row.tool: row for row in rows}
-    original, limit = by_name["original"], by_name["BN-free limit"]
+    limit = next(row for row in rows if row.tool == "BN-free limit")
     lines = [
         f"#### {case.name} (batch {case.batch})",
         "",
         "| tool | BN / affine nodes left | max rel error | p50 ms (disable) "
-        "| vs original | vs BN-free | p50 ms (all) | vs original | vs BN-free | note |",
+        "| vs original (95% CI) | vs BN-free | p50 ms (all) | vs original (95% CI) "
+        "| vs BN-free | note |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        error = "-" if row.error is None else f"{row.error:.2e}"
+        error = "-" if row.error is None else f"{row.error:.1e}"
         cells = [row.tool, row.left, error]
         for level in LEVELS:
             p50 = f"{row.p50[level]:.3f}" if level in row.p50 else "-"
-            cells += [p50, _ratio(row, original, level), _ratio(row, limit, level)]
-        note = row.note or (f"{row.seconds:.1f} s" if row.seconds else "")
+            cells += [p50, _vs_original(row, level), _vs_limit(row, limit, level)]
+        note = row.note or (f"ran in {row.seconds:.1f} s" if row.seconds else "")
         cells.append(note.replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -401,7 +426,7 @@ def versions() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30, help="timed rounds per level")
+    parser.add_argument("--runs", type=int, default=40, help="timed pairs per variant and level")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="PyTorch-style models only, 5 runs")
     parser.add_argument("--only", default="", help="run the models whose name contains this")
@@ -419,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {machine.cpu}, {machine.logical_cores} logical cores, {platform.platform()}")
     print(f"Versions: {versions()}")
     print(
-        f"Latency: median of {args.runs} round-robin rounds after {args.warmup} warm-up, "
-        "1 intra-op thread, CPUExecutionProvider. Ratios are p50(tool) / p50(other): "
-        "below 1 is faster. BN / affine nodes: BatchNormalization nodes / nodes in BN-like "
-        "affine chains. Error: max|tool - original| / max|original| at ORT_DISABLE_ALL."
+        f"Latency: each variant timed against the original, interleaved A B A B, "
+        f"{args.runs} pairs after {args.warmup} warm-up runs, 1 intra-op thread, "
+        "CPUExecutionProvider. Ratios are p50(variant) / p50(original), below 1 is faster, "
+        "with a 95% bootstrap interval over the pairs; vs BN-free divides that by the BN-free "
+        "limit's own ratio. BN / affine nodes: BatchNormalization nodes / nodes in BN-like "
+        "affine chains. Error: max|variant - original| / max|original| at ORT_DISABLE_ALL."
     )
     print()
     for case in cases:
