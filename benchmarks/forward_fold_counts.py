@@ -1,7 +1,7 @@
 """How many BNs bnfold folds backward and forward in real Keras architectures.
 
 Builds ResNet50V2 and DenseNet121 (``weights=None``, 64x64x3 input, logits out so the error is
-not squashed by a softmax), randomises every BN's gamma, beta, moving mean and moving variance
+not squashed by a softmax), plus two small post-activation-BN models, randomises every BN's gamma, beta, moving mean and moving variance
 with a seeded generator, converts to ONNX with ``bnfold.frontends.keras.keras_to_onnx`` and
 folds with ``bnfold.fold.fold_model``. Per model it prints the BN layers in Keras, the BN-like
 affines left in the ONNX graph, how many were folded backward and forward, what was left and
@@ -24,9 +24,34 @@ from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import compare_outputs
 from bnfold.fold import fold_model
 from bnfold.frontends.keras import _import_keras, keras_to_onnx
-from bnfold.frontends.onnx import input_specs
+from bnfold.frontends.onnx import infer_shapes, input_specs
 
 INPUT_SHAPE = (64, 64, 3)
+SMALL_MODELS = ("MLPPostActivationBN", "CNNFlattenBN")
+
+
+def small_model(name: str) -> Any:
+    """Two small models where BN sits after the activation, so only a forward fold applies:
+    an iris-style MLP ``Dense -> Relu -> BN -> Dense`` and a classifier
+    ``Conv -> Relu -> BN (channels last) -> Flatten -> Dense``."""
+    keras, _ = _import_keras()
+    layers = keras.layers
+    if name == "MLPPostActivationBN":
+        inputs = keras.Input((4,))
+        x = layers.Dense(16, activation="relu")(inputs)
+        x = layers.BatchNormalization()(x)
+        x = layers.Dense(16, activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        outputs = layers.Dense(3)(x)
+    else:
+        inputs = keras.Input(INPUT_SHAPE)
+        x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+        x = layers.BatchNormalization()(x)
+        x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Flatten()(x)
+        outputs = layers.Dense(10)(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def randomise_batchnorms(model: Any, rng: np.random.Generator) -> int:
@@ -50,11 +75,14 @@ def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
     keras, _ = _import_keras()
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    build = getattr(keras.applications, name)
-    model = build(weights=None, input_shape=INPUT_SHAPE, classifier_activation=None)
+    if name in SMALL_MODELS:
+        model = small_model(name)
+    else:
+        build = getattr(keras.applications, name)
+        model = build(weights=None, input_shape=INPUT_SHAPE, classifier_activation=None)
     keras_batchnorms = randomise_batchnorms(model, rng)
     start = time.perf_counter()
-    onnx_model = keras_to_onnx(model)
+    onnx_model = infer_shapes(keras_to_onnx(model))  # as bnfold.api does after conversion
     convert_seconds = time.perf_counter() - start
     original = ir.serde.serialize_model(onnx_model).SerializeToString()
     nodes_before = len(list(onnx_model.graph))
@@ -63,7 +91,9 @@ def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
     fold_seconds = time.perf_counter() - start
     specs = input_specs(onnx_model)
     feeds = random_inputs(
-        specs, seed=seed, shapes={spec.name: (batch, *INPUT_SHAPE) for spec in specs}
+        specs,
+        seed=seed,
+        shapes={spec.name: (batch, *(int(d) for d in spec.shape[1:])) for spec in specs},
     )
     check = compare_outputs(run_model(original, feeds), run_model(onnx_model, feeds))
     counts = result.counts()
@@ -86,7 +116,7 @@ def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "DenseNet121"])
+    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "DenseNet121", *SMALL_MODELS])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()

@@ -42,6 +42,10 @@ from bnfold.graph import (
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import FoldContext, Folded, remove_affine_chain
 
+# Readers that only look at the shape, which the fold keeps (tf2onnx's Flatten is
+# Shape -> Gather -> Concat -> Reshape, with the Shape reading the BN output).
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
 Apply = Callable[[], None]
 """Writes a fold whose arrays are already computed; cannot fail."""
 
@@ -81,7 +85,8 @@ class Reader:
 
 def walk_forward(value: ir.Value) -> tuple[list[Reader], list[str]]:
     """Every non-layout reader of ``value``, looking through layout ops, and what blocks a fold
-    (graph outputs, a layout op reading it other than as its data)."""
+    (graph outputs, a layout op reading it other than as its data). Shape and Size readers
+    are left out: the fold does not change the shape they read."""
     readers: list[Reader] = []
     blockers: list[str] = []
     pending: list[tuple[ir.Value, list[ir.Node]]] = [(value, [])]
@@ -91,6 +96,8 @@ def walk_forward(value: ir.Value) -> tuple[list[Reader], list[str]]:
             blockers.append(f"{current.name} is a graph output")
         for use in sorted(current.uses(), key=lambda use: (node_label(use.node), use.idx)):
             node = use.node
+            if node.op_type in SHAPE_ONLY_OPS and node.domain in ("", "ai.onnx"):
+                continue
             if node.op_type in LAYOUT_OPS and node.domain in ("", "ai.onnx"):
                 if use.idx != 0:
                     blockers.append(f"{node_label(node)} reads it as input {use.idx}")
@@ -226,6 +233,22 @@ def features_to_channels(
 # --------------------------------------------------------------------------- the rule
 
 
+def _broadcast_skip(chain: AffineChain) -> Skip | None:
+    """An affine whose constants broadcast its input to a larger shape (``[N, 1, H, W]`` times
+    ``[C, 1, 1]``) cannot be removed: its readers would see the smaller input."""
+    in_dims, out_dims = static_dims(chain.input), static_dims(chain.output)
+    if in_dims is None or out_dims is None:
+        return None
+    if len(in_dims) != len(out_dims) or any(
+        a is not None and b is not None and a != b for a, b in zip(in_dims, out_dims, strict=False)
+    ):
+        return Skip(
+            Reason.CHANNEL_MISMATCH,
+            f"the affine broadcasts {list(in_dims)} to {list(out_dims)}",
+        )
+    return None
+
+
 class AffineThenLinear:
     """Fold an affine chain forward into every linear layer that reads it (see module doc).
 
@@ -265,6 +288,8 @@ class AffineThenLinear:
             return Skip(Reason.CONSUMER_NOT_FOLDABLE, "; ".join(blockers))
         if len({id(reader.node) for reader in readers}) != len(readers):
             return Skip(Reason.CONSUMER_NOT_FOLDABLE, "a layer reads the BN output twice")
+        if broadcast := _broadcast_skip(chain):
+            return broadcast
         resolved = chain.resolve(rank_of(chain.input) or rank_of(chain.output))
         if isinstance(resolved, Skip):
             return resolved

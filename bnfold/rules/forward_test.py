@@ -214,3 +214,52 @@ def test_reader_inside_a_subgraph_blocks(rng):
     assert "a_conv reads it inside a subgraph" in entry.detail
     assert graph_signature(folded) == graph_signature(model)
     assert check.max_abs == 0.0
+
+
+def test_tf2onnx_flatten_with_a_shape_reader_folds(rng):
+    """tf2onnx writes Keras' Flatten as Transpose + Reshape to a shape computed by Shape(x):
+    the Shape reader only sees the shape, which the fold keeps."""
+    inits = {
+        "w": rng.normal(size=(12, 5)).astype(np.float32),
+        "index": np.array([0], dtype=np.int64),
+        "rest": np.array([12], dtype=np.int64),
+        **batchnorm_params(rng, 3),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        batchnorm_node("r", "n"),
+        helper.make_node("Transpose", ["n"], ["t"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("Shape", ["n"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "index"], ["batch"], name="batch"),
+        helper.make_node("Concat", ["batch", "rest"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["t", "target"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "w"], ["y"], name="dense"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["N", 3, 2, 2])], [("y", FLOAT, ["N", 5])], inits)
+    flat = next(info for info in model.graph.value_info if info.name == "f")
+    assert not flat.type.tensor_type.shape.dim  # onnx cannot infer it; tf2onnx records it
+    flat.CopyFrom(helper.make_tensor_value_info("f", FLOAT, ["N", 12]))
+    result, check, folded = fold_and_compare(model)
+    [entry] = result.entries
+    assert (entry.outcome, entry.via) == (Outcome.FOLDED_INTO_NEXT, ["to_nhwc", "flatten"])
+    assert "BatchNormalization" not in op_types(folded)
+    assert check.max_rel <= 1e-5
+
+
+def test_affine_that_broadcasts_its_input_is_left(rng):
+    inits = {
+        "w": rng.normal(size=(5, 3, 1, 1)).astype(np.float32),
+        "scale": rng.uniform(0.5, 2, size=(3, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "scale"], ["m"], name="expand"),  # [N,1,4,4] -> [N,3,4,4]
+        helper.make_node("Conv", ["m", "w"], ["y"], name="conv"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["N", 1, 4, 4])], ["y"], inits)
+    result, check, folded = fold_and_compare(model)
+    [entry] = result.entries
+    assert entry.reason is Reason.CHANNEL_MISMATCH
+    assert "broadcasts" in entry.detail
+    assert graph_signature(folded) == graph_signature(model)
+    assert check.max_abs == 0.0
