@@ -40,6 +40,8 @@ from bnfold.frontends.onnx import (
 from bnfold.specs import InputSpec
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+# What to do when the check cannot run the original (custom ops, invalid parameters).
+NO_CHECK_HINT = "pass --no-check (check=False) to fold without the check"
 ModelInput = ir.Model | onnx.ModelProto | str | os.PathLike[str]
 Inputs = Mapping[str, npt.NDArray[Any]] | str | os.PathLike[str] | None
 
@@ -141,7 +143,7 @@ def fold(
     folded = time.perf_counter()
     result.seconds = {"load": loaded - started, "fold": folded - loaded}
     if check:
-        expected = run_model(reference, feeds, label=_label(model))
+        expected = run_model(reference, feeds, label=_label(model), hint=NO_CHECK_HINT)
         actual = run_model(ir_model, feeds)
         result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
         result.seconds["check"] = time.perf_counter() - folded

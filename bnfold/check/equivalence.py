@@ -95,7 +95,8 @@ def session_options(optimization: str = "disable") -> ort.SessionOptions:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     options.graph_optimization_level = levels[optimization]
-    options.log_severity_level = 0 if os.environ.get("BNFOLD_DEBUG") == "1" else 3
+    # Fatal only: a failing kernel also logs its error, which bnfold reports as one line.
+    options.log_severity_level = 0 if os.environ.get("BNFOLD_DEBUG") == "1" else 4
     return options
 
 
@@ -122,17 +123,37 @@ def make_session(
     return ort.InferenceSession(str(source), options, providers=providers)
 
 
+def onnxruntime_message(error: Exception, limit: int = 200) -> str:
+    """onnxruntime's error in one short line: its status prefix, the model path it repeats and
+    the node boilerplate dropped."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .* failed:", "", text)
+    text = text.replace("Fatal error: ", "")
+    node = re.match(
+        r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' "
+        r"Status Message: (.*)",
+        text,
+    )
+    if node:
+        op, name, message = node.groups()
+        text = f"{op} node {name!r}: {message}" if name else f"{op} node: {message}"
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_model(
     source: ModelSource,
     inputs: Mapping[str, npt.NDArray[Any]],
     *,
     label: str | None = None,
+    hint: str = "",
 ) -> dict[str, npt.NDArray[Any]]:
     """Outputs by name, with optimisations disabled.
 
     With ``label`` (a user's model), a model onnxruntime cannot load or run, or one that needs
-    inputs that were not given, is an ``InputError`` naming it; without, such a failure is a
-    bug of bnfold's and propagates as it is.
+    inputs that were not given, is an ``InputError`` naming it (``hint`` appended: what the
+    user can do); without, such a failure is a bug of bnfold's and propagates as it is.
     """
     try:
         session = make_session(source)
@@ -147,8 +168,9 @@ def run_model(
     except Exception as error:
         if label is None:
             raise
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise InputError(f"onnxruntime cannot run {label}: {first_line}") from error
+        suffix = f"; {hint}" if hint else ""
+        message = onnxruntime_message(error)
+        raise InputError(f"onnxruntime cannot run {label}: {message}{suffix}") from error
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 

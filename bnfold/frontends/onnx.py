@@ -94,24 +94,58 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+# What a file that is not ONNX usually is, by its first bytes.
+_SIGNATURES = (
+    (b"PK\x03\x04", "a zip archive, not an ONNX model (a Keras .keras file? name it .keras)"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file, not an ONNX model (a Keras .h5 file? name it .h5)"),
+)
+MODEL_SUFFIXES = (".onnx", ".keras", ".h5", ".hdf5")
+
+
+def _not_onnx(path: Path, error: Exception) -> InputError:
+    """The one line for a file protobuf cannot parse: what it looks like instead."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError:
+        head = b""
+    if not head:
+        return InputError(f"{path}: not an ONNX model (empty file)")
+    for signature, what in _SIGNATURES:
+        if head.startswith(signature):
+            return InputError(f"{path}: {what}")
+    return InputError(f"{path}: not an ONNX model ({type(error).__name__})")
+
+
+def _one_line(error: Exception, limit: int = 240) -> str:
+    """The checker's message (which spans lines around the node it names) on one line."""
+    text = " ".join(part.strip() for part in str(error).split("\n") if part.strip())
+    text = text or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_proto(path: Path) -> onnx.ModelProto:
     """Parse and validate an ONNX file without loading its external data."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    if path.suffix.lower() not in ONNX_SUFFIXES:
+        expected = ", ".join(MODEL_SUFFIXES)
+        raise InputError(f"{path}: not a model file name (expected {expected})")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: not an ONNX model (empty file)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:
-        raise InputError(f"{path}: not an ONNX model ({type(error).__name__})") from error
+        raise _not_onnx(path, error) from error
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path.parent)
     try:
         onnx.checker.check_model(_skeleton(proto))
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise InputError(f"{path}: invalid ONNX model: {first_line}") from error
+        raise InputError(f"{path}: invalid ONNX model: {_one_line(error)}") from error
     return proto
 
 
@@ -201,7 +235,11 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     stays, the rest is removed even on failure."""
     folder = target.parent
     if not folder.is_dir():
+        if folder.exists():
+            raise OutputError(f"{folder}: is not a folder, so {target.name} cannot go in it")
         raise OutputError(f"{folder}: output folder does not exist")
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder")
     try:
         scratch = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
     except OSError as error:
@@ -225,10 +263,29 @@ def save_onnx(
         try:
             if external:
                 ir.save(model, staged, external_data=data_name)
+                _replace_pair(scratch, staged, path, data_name)
             else:
                 ir.save(model, staged)
-            if external:
-                os.replace(scratch / data_name, path.parent / data_name)
-            os.replace(staged, path)
+                os.replace(staged, path)
         except OSError as error:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _replace_pair(scratch: Path, staged: Path, path: Path, data_name: str) -> None:
+    """Move the weights file, then the model file, into place. The weights go first, so a
+    model file never points at missing weights; if the model file cannot follow, the weights
+    file that was there before (or none) is put back."""
+    data_target = path.parent / data_name
+    previous = scratch / f"{data_name}.previous"
+    had_previous = data_target.exists()
+    if had_previous:
+        os.replace(data_target, previous)
+    try:
+        os.replace(scratch / data_name, data_target)
+        os.replace(staged, path)
+    except OSError:
+        if had_previous:
+            os.replace(previous, data_target)
+        else:
+            data_target.unlink(missing_ok=True)
+        raise
