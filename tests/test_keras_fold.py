@@ -384,3 +384,19 @@ def test_layer_without_bias_gains_one(folded_cases: dict[str, Folded]) -> None:
     dense = result.folded.get_layer("lin")
     assert dense.use_bias and len(dense.get_weights()) == 2
     assert "gained a bias" in result.entries[0].detail
+
+
+def test_onnx_boundary_takes_keras_names_tensorflow_would_refuse() -> None:
+    inputs = keras.Input((4,), name="pixel values")
+    hidden = L.BatchNormalization(name="bn")(L.Dense(3, name="lin")(inputs))
+    model = keras.Model(inputs, [L.Dense(2, name="logits")(hidden), hidden])
+    randomise_batchnorms(model, seed=3)
+    folded, _ = frontend.fold_keras_model(model)
+    converted = frontend.keras_to_onnx(folded)
+    assert [value.name for value in converted.graph.inputs] == ["pixel values"]
+    assert [value.name for value in converted.graph.outputs] == ["logits", "bn"]
+    feeds = random_feeds(model)
+    expected = frontend.predict_keras(model, feeds)
+    actual = run_onnx(converted, feeds)
+    for output, values in expected.items():
+        assert relative_error(values, actual[output]) <= ONNX_BOUND

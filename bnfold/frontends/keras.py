@@ -734,6 +734,28 @@ def _validate_onnx(proto: onnx.ModelProto) -> None:
         raise InputError(f"tf2onnx wrote an invalid ONNX model: {_first_line(error)}") from error
 
 
+def _name_boundary(graph: onnx_ir.Graph, values: list[Any], names: list[str]) -> None:
+    """Give the graph's inputs and outputs their Keras names; an internal value that already
+    has one of those names is renamed out of the way."""
+    if len(set(names)) != len(names):
+        raise InputError(f"the model's input and output names are not unique: {names}")
+    for index, value in enumerate(values):
+        value.name = f"__bnfold_boundary_{index}"
+    internal = [value for node in graph for value in node.outputs]
+    internal += list(graph.initializers.values())
+    by_name = {value.name: value for value in internal if value.name}
+    for value, name in zip(values, names, strict=True):
+        clash = by_name.get(name)
+        if clash is not None and clash is not value:
+            suffix = 1
+            while f"{name}__{suffix}" in by_name:
+                suffix += 1
+            clash.name = f"{name}__{suffix}"
+            by_name[clash.name] = clash
+        value.name = name
+        by_name[name] = value
+
+
 def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
     """Convert with tf2onnx through a ``tf.function`` traced without XLA (``jit_compile=False``).
 
@@ -750,9 +772,10 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
         tf.TensorSpec(
             shape=tuple(dim if isinstance(dim, int) else None for dim in spec.shape),
             dtype=tf.as_dtype(spec.dtype),
-            name=spec.name,
+            # A placeholder: Keras allows names TensorFlow op names do not; renamed below.
+            name=f"bnfold_input_{index}",
         )
-        for spec in specs
+        for index, spec in enumerate(specs)
     ]
 
     def call(*args: Any) -> tuple[Any, ...]:
@@ -777,14 +800,9 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
             f"tf2onnx wrote {len(graph_inputs)} inputs and {len(graph_outputs)} outputs, "
             f"the Keras model has {len(specs)} and {len(output_names)}"
         )
-    taken = {v.name for v in graph_inputs + graph_outputs}
-    for value, name in zip(
-        graph_inputs + graph_outputs, [s.name for s in specs] + output_names, strict=True
-    ):
-        if value.name != name:
-            if name in taken:
-                raise InputError(f"cannot name an ONNX input or output '{name}': the name is taken")
-            value.name = name
+    _name_boundary(
+        ir_model.graph, graph_inputs + graph_outputs, [s.name for s in specs] + output_names
+    )
     return ir_model
 
 
