@@ -141,7 +141,6 @@ def output_also_consumed() -> Any:
 class Case:
     build: Callable[[], Any]
     expected: dict[str, tuple[Outcome, Reason | None, list[str]]]
-    onnx: bool = True  # False: Keras runs the layer through XLA, which tf2onnx cannot convert
     detail: dict[str, str] = field(default_factory=dict)  # BN name -> text in its detail
 
 
@@ -165,10 +164,16 @@ LAYER_CASES: dict[str, Case] = {
     "conv1d": Case(linear_then_bn((10, 3), L.Conv1D(4, 3, name="lin")), folds()),
     "conv2d": Case(linear_then_bn((8, 8, 3), L.Conv2D(5, 3, padding="same", name="lin")), folds()),
     "conv2d_grouped": Case(
-        linear_then_bn((8, 8, 4), L.Conv2D(6, 3, groups=2, name="lin")), folds(), onnx=False
+        linear_then_bn((8, 8, 4), L.Conv2D(6, 3, groups=2, name="lin")), folds()
     ),
     "conv2d_channels_first": Case(
         linear_then_bn((3, 8, 8), L.Conv2D(4, 3, data_format="channels_first", name="lin"), axis=1),
+        folds(),
+    ),
+    "conv3d_channels_first": Case(
+        linear_then_bn(
+            (2, 5, 5, 5), L.Conv3D(3, 2, data_format="channels_first", name="lin"), axis=1
+        ),
         folds(),
     ),
     "conv3d": Case(linear_then_bn((5, 5, 5, 2), L.Conv3D(3, 2, name="lin")), folds()),
@@ -321,7 +326,7 @@ def test_folded_keras_model_predicts_like_the_original(
         assert relative_error(values, actual[output]) <= KERAS_BOUND, output
 
 
-@pytest.mark.parametrize("name", [name for name, case in ALL_CASES.items() if case.onnx])
+@pytest.mark.parametrize("name", list(ALL_CASES))
 def test_folded_model_through_tf2onnx_matches_keras(
     name: str, folded_cases: dict[str, Folded]
 ) -> None:
@@ -339,11 +344,28 @@ def test_folded_model_through_tf2onnx_matches_keras(
         assert relative_error(values, folded_actual[output]) <= ONNX_BOUND, output
 
 
-def test_grouped_convolution_through_xla_is_refused_not_written(
-    folded_cases: dict[str, Folded],
-) -> None:
-    with pytest.raises(InputError, match="StatefulPartitionedCall"):
-        frontend.keras_to_onnx(folded_cases["conv2d_grouped"].folded)
+def test_xla_compiled_convolutions_convert_to_plain_onnx(folded_cases: dict[str, Folded]) -> None:
+    """Keras runs these through XLA on CPU; tf2onnx alone leaves a StatefulPartitionedCall."""
+    for name in ("conv2d_grouped", "conv3d_channels_first"):
+        converted = frontend.keras_to_onnx(folded_cases[name].folded)
+        assert "Conv" in {node.op_type for node in converted.graph}
+        assert not {"StatefulPartitionedCall", "PartitionedCall"} & {
+            n.op_type for n in converted.graph
+        }
+
+
+def test_tensorflow_call_left_in_onnx_is_refused() -> None:
+    import onnx
+
+    node = onnx.helper.make_node("StatefulPartitionedCall", ["x"], ["y"], name="call")
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    with pytest.raises(InputError, match="StatefulPartitionedCall node \\('call'\\)"):
+        frontend._validate_onnx(onnx.helper.make_model(graph))
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -706,25 +706,66 @@ def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
 # --------------------------------------------------------------------------- ONNX
 
 
+def _onnx_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _onnx_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from _onnx_nodes(sub)
+
+
+def _tf_call_nodes(proto: onnx.ModelProto) -> list[str]:
+    return [node.name for node in _onnx_nodes(proto.graph) if node.op_type in _TF_CALL_OPS]
+
+
+# Function attributes that keep TensorFlow's optimiser from inlining a call (Keras compiles
+# grouped and channels_first 3-D convolutions with XLA on CPU and marks them so).
+_XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope", "_noinline")
+
+
+def _convert_without_xla(tf: Any, tf2onnx: Any, function: Any, opset: int | None) -> Any:
+    """tf2onnx on the frozen graph with the XLA marks removed, so that the XLA-compiled
+    functions are inlined and their ops (a grouped Conv2D, an NCDHW Conv3D) converted
+    like any other; tf2onnx keeps such calls as TF nodes otherwise."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(
+        function.get_concrete_function(), lower_control_flow=False, aggressive_inlining=True
+    )
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+
+    def unmark(attributes: Any) -> None:
+        for key in _XLA_ATTRIBUTES:
+            if key in attributes:
+                del attributes[key]
+
+    for node in graph_def.node:
+        unmark(node.attr)
+    for library_function in graph_def.library.function:
+        unmark(library_function.attr)
+        for node in library_function.node_def:
+            unmark(node.attr)
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.dtypes.resource]
+    outputs = [t.name for t in frozen.outputs if t.dtype != tf.dtypes.resource]
+    proto, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, opset=opset
+    )
+    return proto
+
+
 def _validate_onnx(proto: onnx.ModelProto) -> None:
     """Refuse what tf2onnx writes when it could not convert a part: TF call nodes, unknown ops."""
     import onnx
 
-    def nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-        for node in graph.node:
-            yield node
-            for attribute in node.attribute:
-                if attribute.g.node:
-                    yield from nodes(attribute.g)
-                for sub in attribute.graphs:
-                    yield from nodes(sub)
-
-    for node in nodes(proto.graph):
+    for node in _onnx_nodes(proto.graph):
         if node.op_type in _TF_CALL_OPS:
             raise InputError(
                 f"tf2onnx left a TensorFlow {node.op_type} node ('{node.name}') in the ONNX graph; "
-                "Keras runs grouped and channels_first 3-D convolutions through XLA, "
-                "which tf2onnx cannot convert"
+                "tf2onnx cannot convert the function it calls"
             )
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
             raise InputError(f"tf2onnx wrote the unknown ONNX op {node.op_type} ('{node.name}')")
@@ -788,6 +829,8 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
             proto, _ = tf2onnx.convert.from_function(
                 function, input_signature=signature, opset=opset
             )
+            if _tf_call_nodes(proto):
+                proto = _convert_without_xla(tf, tf2onnx, function, opset)
     except Exception as error:
         raise InputError(f"tf2onnx cannot convert the model: {_first_line(error)}") from error
     proto.ir_version = min(proto.ir_version, MAX_ONNX_IR_VERSION)
