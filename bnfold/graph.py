@@ -155,6 +155,12 @@ def bypass(graph: ir.Graph, removed_output: ir.Value, replacement: ir.Value) -> 
     if was_output and name is not None:
         removed_output.name = None
         replacement.name = name
+        # A graph output must be typed; a model loaded without shape inference may know the
+        # type only from the output's declaration (a fold keeps the shape and the dtype).
+        if replacement.type is None:
+            replacement.type = removed_output.type
+        if replacement.shape is None:
+            replacement.shape = removed_output.shape
 
 
 def remove_nodes(graph: ir.Graph, nodes: list[ir.Node]) -> None:
