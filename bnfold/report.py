@@ -223,7 +223,7 @@ def _size_rows(sizes: dict[str, Any]) -> list[tuple[str, int, int, str]]:
     rows = []
     for key, label in SIZE_ROWS:
         before, after = sizes["before"][key], sizes["after"][key]
-        change = f"{after - before:+d}" if before != after else "="
+        change = f"{after - before:+,d}" if before != after else "="
         rows.append((label, before, after, change))
     return rows
 
@@ -373,10 +373,11 @@ max-width:1100px;color:#1f2328;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child,td.text{text-align:left}
+.text{text-align:left}
 th{background:#f6f8fa}.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:700}
 .summary{font-size:1.05em;font-weight:600}.note{color:#57606a;font-size:.9em}
-figure{margin:.5em 0}svg text{font-family:inherit}
+.plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:.5em 0}
+svg text{font-family:inherit}
 """
 
 
@@ -469,7 +470,7 @@ def latency_svg(level: dict[str, Any], names: dict[str, str], width: int = 520) 
             f'stroke="{colour}" stroke-dasharray="4 3"/>'
         )
     for row, key in enumerate(("baseline", "candidate")):
-        ly = top + 14 + row * 16
+        ly = top + plot_h - 26 + row * 16  # bottom right: where a CDF never is
         parts.append(
             f'<line x1="{left + plot_w - 190}" y1="{ly - 4}" x2="{left + plot_w - 170}" '
             f'y2="{ly - 4}" stroke="{COLOURS[key]}" stroke-width="2"/>'
@@ -480,9 +481,20 @@ def latency_svg(level: dict[str, Any], names: dict[str, str], width: int = 520) 
     return "".join(parts)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{cell}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: Sequence[int] = (0,)
+) -> str:
+    """A table whose columns are right-aligned numbers except ``text_columns``."""
+
+    def cell(tag: str, index: int, content: str) -> str:
+        css = ' class="text"' if index in text_columns else ""
+        return f"<{tag}{css}>{content}</{tag}>"
+
+    head = "".join(cell("th", index, text) for index, text in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell("td", index, text) for index, text in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -515,7 +527,7 @@ def render_html(document: dict[str, Any]) -> str:
             for key in ("baseline", "candidate"):
                 stats = level[key]
                 rows.append(
-                    [_h(level["ort_level"]), f'<span class="text">{_h(names[key])}</span>']
+                    [_h(level["ort_level"]), _h(names[key])]
                     + [f"{stats[p]:.3f}" for p in ("p50", "p90", "p99", "mean", "min")]
                     + [str(stats["runs"])]
                 )
@@ -525,15 +537,19 @@ def render_html(document: dict[str, Any]) -> str:
             )
         body.append(
             _table(
-                ["level", "model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "runs"], rows
+                ["level", "model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "runs"],
+                rows,
+                text_columns=(0, 1),
             )
         )
         body.append(
             '<p class="note">Runs were timed interleaved (baseline, candidate, baseline, ...); '
             "the speedup is the ratio of medians with a bootstrap interval over the pairs.</p>"
         )
-        for level in latency["levels"]:
-            body.append(f"<figure>{latency_svg(level, names)}</figure>")
+        figures = "".join(
+            f"<figure>{latency_svg(level, names)}</figure>" for level in latency["levels"]
+        )
+        body.append(f'<div class="plots">{figures}</div>')
     check = document.get("check")
     if check is not None:
         body.append("<h2>Equivalence</h2>")
@@ -558,6 +574,7 @@ def render_html(document: dict[str, Any]) -> str:
                     f"{_h(output['detail'])}",
                 ]
             )
+        gate_column = 6
         body.append(
             _table(
                 [
@@ -570,6 +587,7 @@ def render_html(document: dict[str, Any]) -> str:
                     "gate",
                 ],
                 rows,
+                text_columns=(0, gate_column),
             )
         )
         if check.get("float64_note"):
@@ -583,11 +601,12 @@ def render_html(document: dict[str, Any]) -> str:
                 [
                     [
                         _h(entry["name"]),
-                        f'<span class="text">{_h("+".join(entry["ops"]))}</span>',
+                        _h("+".join(entry["ops"])),
                         _h(_entry_outcome(entry)),
                     ]
                     for entry in entries
                 ],
+                text_columns=(0, 1, 2),
             )
         )
     body.append(
