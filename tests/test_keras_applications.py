@@ -20,6 +20,7 @@ import onnx_ir  # noqa: E402
 
 from bnfold.fold import fold_model  # noqa: E402
 from bnfold.frontends import keras as frontend  # noqa: E402
+from bnfold.frontends.onnx import infer_shapes  # noqa: E402
 
 pytestmark = pytest.mark.keras
 BOUND = 1e-5
@@ -85,7 +86,8 @@ def test_application_through_tf2onnx_and_the_onnx_engine(application: dict[str, 
     model = frontend.load_keras_model(application["paths"][".keras"])
     folded, _ = frontend.fold_keras_model(model)
     expected = frontend.predict_keras(model, application["feeds"])
-    result = fold_model(frontend.keras_to_onnx(folded))
+    result = fold_model(infer_shapes(frontend.keras_to_onnx(folded)))
+    assert result.counts()["left"] == 0
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(

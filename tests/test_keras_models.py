@@ -1,5 +1,5 @@
 """The seed models in models/ (trained by models/build_models.py) through the whole Keras path:
-load -> fold on Keras -> tf2onnx -> ONNX fold engine, compared with Keras' own prediction."""
+load -> fold on Keras -> tf2onnx -> shape inference -> ONNX fold engine, compared with Keras' own prediction."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import onnx_ir  # noqa: E402
 
 from bnfold.fold import fold_model  # noqa: E402
 from bnfold.frontends import keras as frontend  # noqa: E402
+from bnfold.frontends.onnx import infer_shapes  # noqa: E402
 
 pytestmark = pytest.mark.keras
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -71,7 +72,9 @@ def test_seed_model_folds_and_matches_keras(filename: str) -> None:
     for output, values in frontend.predict_keras(folded, feeds).items():
         assert relative_error(expected[output], values) <= BOUND
 
-    result = fold_model(frontend.keras_to_onnx(folded))
+    # The ONNX engine folds what the Keras pass left (forward, into the next layer).
+    result = fold_model(infer_shapes(frontend.keras_to_onnx(folded)))
+    assert result.counts()["left"] == 0
     actual = run_onnx(result.model, feeds)
     assert list(actual) == list(expected)
     for output, values in expected.items():
