@@ -116,10 +116,10 @@ def cli() -> None:
     """Fold BatchNormalization into neighbouring layers of Keras and ONNX models.
 
     \b
-      bnfold MODEL -o OUT        fold, check equivalence, write OUT if it passes
-      bnfold inspect MODEL       list every BN: folded into what, or why not
-      bnfold check A B           compare two models on the same inputs
-      bnfold bench MODEL [FOLDED]  latency before and after, interleaved
+      bnfold MODEL -o OUT          fold, check equivalence, write OUT if it passes
+      bnfold inspect MODEL         list every BN: folded into what, or why not
+      bnfold check A B             compare two models on the same inputs
+      bnfold bench MODEL [FOLDED]  latency before and after, measured interleaved
 
     Exit codes: 0 done, 1 check failed (nothing written), 2 usage error,
     3 unreadable input, 4 output cannot be written, 5 internal error.
