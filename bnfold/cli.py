@@ -300,6 +300,10 @@ def fold_command(
     from bnfold import api, report
 
     dim_sizes = _parse_dims(dims)
+    if bench and not _is_onnx(output):
+        raise click.BadParameter(
+            "--bench times ONNX models; write the folded model as .onnx", param_hint="--bench"
+        )
 
     def show(result: Any) -> None:
         extras = _fold_extras(

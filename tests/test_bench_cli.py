@@ -105,6 +105,7 @@ def test_bench_exits_1_when_the_candidate_differs(tmp_path):
         (["bench", DEMO, *FAST, "--provider", "NoSuchProvider"], 2, "is not available here"),
         (["bench", "missing.onnx"], 3, "no such file"),
         ([DEMO, "-o", "x.onnx", "--report", "r.csv"], 2, "must end in .json, .md or .html"),
+        ([DEMO, "-o", "x.keras", "--bench"], 2, "--bench times ONNX models"),
     ],
 )
 def test_bench_usage_errors_are_one_line_with_the_documented_code(tmp_path, args, code, message):
