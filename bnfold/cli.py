@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from bnfold._version import __version__
-from bnfold.errors import BnfoldError, CheckFailedError
+from bnfold.errors import BnfoldError, CheckFailedError, UsageError
 
 INTERNAL_ERROR_EXIT = 5
 
@@ -427,6 +427,14 @@ def inspect_command(model: str, as_json: bool, allow_unsafe: bool, debug: bool) 
 @with_options(tolerance_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--allow-unsafe", is_flag=True, help="Let Keras deserialise custom code.")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Seeded random input sets (ONNX models); more than 1 also adds the float64 "
+    "reference and top-1 columns.",
+)
 @debug_option
 def check_command(
     reference: str,
@@ -438,6 +446,7 @@ def check_command(
     seed: int,
     as_json: bool,
     allow_unsafe: bool,
+    samples: int,
     debug: bool,
 ) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output.
@@ -447,16 +456,41 @@ def check_command(
 
     dim_sizes = _parse_dims(dims)
 
-    def action() -> None:
-        result = api.check(
+    def detailed() -> Any:
+        from bnfold.check import equivalence
+        from bnfold.frontends.onnx import input_specs, load_onnx
+
+        if inputs_path is not None:
+            raise UsageError("--samples draws random inputs; it cannot go with --inputs")
+        if not (_is_onnx(reference) and _is_onnx(candidate)):
+            raise UsageError("--samples compares ONNX models")
+        load_onnx(candidate)  # one clear line for a file that is not a model
+        specs = input_specs(load_onnx(reference))
+        return equivalence.detailed_check(
             reference,
             candidate,
-            inputs=inputs_path,
-            dims=dim_sizes,
+            specs,
+            samples=samples,
             seed=seed,
+            dims=dim_sizes,
             rtol=rtol,
             atol=atol,
-            allow_unsafe=allow_unsafe,
+        )
+
+    def action() -> None:
+        result = (
+            detailed()
+            if samples > 1
+            else api.check(
+                reference,
+                candidate,
+                inputs=inputs_path,
+                dims=dim_sizes,
+                seed=seed,
+                rtol=rtol,
+                atol=atol,
+                allow_unsafe=allow_unsafe,
+            )
         )
         if as_json:
             _emit_json(report.check_document(result, reference=reference, candidate=candidate))

@@ -128,3 +128,14 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.frombuffer(screenshot.read_bytes(), np.uint8).size > 10_000
+
+
+def test_check_with_samples_compares_several_seeded_input_sets(tmp_path):
+    folded = tmp_path / "folded.onnx"
+    assert run(DEMO, "-o", folded)[0] == 0
+    code, stdout, _ = run("check", DEMO, folded, "--samples", "3", "--json")
+    assert code == 0
+    document = valid(json.loads(stdout))
+    assert document["check"]["samples"] == 3
+    assert "seeds 0..2" in document["check"]["inputs"]
+    assert document["check"]["outputs"][0]["shape"][0] == 6  # 3 samples of batch 2
