@@ -15,6 +15,13 @@ untouched and no partial output (no OUT, no OUT.data, no ``.bnfold-*`` temporary
 | ``.h5`` holding weights only       | 3    | holds weights only / no Keras model                    |
 | corrupt ``.keras`` zip             | 3    | not a valid .keras file (not a zip archive, or damaged)|
 | Keras Lambda layer (safe mode)     | 3    | names the layer, suggests --allow-unsafe               |
+| Conv/ConvTranspose group=0         | 3    | group 0 must be at least 1 (onnxruntime: SIGFPE)       |
+| strides 0 / negative pads          | 3    | must be at least 1 / must not be negative              |
+| initializer dims vs its data       | 3    | N bytes of data for dims [...]                         |
+| initializer of undefined data type | 3    | has no known data type                                 |
+| external data shorter than dims    | 3    | its external data is shorter than its dims need        |
+| a name that is not UTF-8           | 3    | is not valid UTF-8 text                                |
+| Gemm/Conv weight of the wrong rank | 0/3  | left: unsupported_layer (--no-check), else onnxruntime |
 | BN with training_mode=1            | 0    | BN left: training_mode; OUT is a byte copy             |
 | zero variance                      | 0    | folded (epsilon keeps it finite)                       |
 | negative / NaN variance            | 0    | BN left: invalid_params                                |
@@ -325,6 +332,77 @@ def _variance(values: list[float]) -> Any:
     return _onnx(lambda rng: conv_bn_model(rng, bn_var=np.array(values, np.float32)))
 
 
+def _demo_edit(edit: Callable[[onnx.ModelProto], None], name: str = "m.onnx") -> Any:
+    """The demo model with one field changed, as the fuzzer found them."""
+
+    def make(folder: Path, rng: np.random.Generator, keras: dict[str, Path]) -> Path:
+        model = onnx.load(DEMO)
+        edit(model)
+        path = folder / name
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    return make
+
+
+def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(node for node in model.graph.node if node.name == name)
+
+
+def _tensor(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(tensor for tensor in model.graph.initializer if tensor.name == name)
+
+
+def _set_attribute(node: str, attribute: str, value: Any) -> Callable[[onnx.ModelProto], None]:
+    def edit(model: onnx.ModelProto) -> None:
+        target = next(a for a in _node(model, node).attribute if a.name == attribute)
+        if isinstance(value, list):
+            del target.ints[:]
+            target.ints.extend(value)
+        else:
+            target.i = value
+
+    return edit
+
+
+def _fc_dims(model: onnx.ModelProto) -> None:
+    _tensor(model, "fc_w").dims[1] = 500
+
+
+def _undefined_type(model: onnx.ModelProto) -> None:
+    _tensor(model, "fc_w").data_type = onnx.TensorProto.UNDEFINED
+
+
+def _bad_utf8(model: onnx.ModelProto) -> None:
+    # protobuf's Python API refuses such a string, so the bytes are edited in place.
+    _node(model, "conv").name = "conv\u00e9"
+
+
+def _bad_utf8_bytes(folder: Path, rng: np.random.Generator, keras: dict[str, Path]) -> Path:
+    path = _demo_edit(_bad_utf8)(folder, rng, keras)
+    path.write_bytes(path.read_bytes().replace("conv\u00e9".encode(), b"conv\xe9\xff"))
+    return path
+
+
+def _gemm_weight_rank(model: onnx.ModelProto) -> None:
+    weight = _tensor(model, "fc_w")
+    weight.dims[:] = [5, 8, 64]
+
+
+def _short_external_data(folder: Path, rng: np.random.Generator, keras: dict[str, Path]) -> Path:
+    path = folder / "ext.onnx"
+    onnx.save(
+        onnx.load(DEMO),
+        path,
+        save_as_external_data=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
+    data = folder / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:-100])
+    return path
+
+
 DEMO_BYTES = DEMO.read_bytes()
 ASK_NO_CHECK = "--no-check"
 CASES: dict[str, Case] = {
@@ -347,6 +425,24 @@ CASES: dict[str, Case] = {
     "corrupt-keras-zip": Case(_corrupt_keras, 3, "not a valid .keras file", keras=True),
     "keras-lambda-safe-mode": Case(
         _copy_of("lambda.keras", "lambda.keras"), 3, "double_it", keras=True
+    ),
+    "group-zero": Case(_demo_edit(_set_attribute("deconv", "group", 0)), 3, "group 0"),
+    "stride-zero": Case(_demo_edit(_set_attribute("deconv", "strides", [0, 2])), 3, "at least 1"),
+    "negative-pads": Case(
+        _demo_edit(_set_attribute("conv", "pads", [1, -1, 1, 1])), 3, "must not be negative"
+    ),
+    "tensor-size-vs-dims": Case(_demo_edit(_fc_dims), 3, "bytes of data for dims [5, 500]"),
+    "tensor-undefined-type": Case(_demo_edit(_undefined_type), 3, "no known data type"),
+    "external-data-too-short": Case(_short_external_data, 3, "external data is shorter"),
+    "name-not-utf8": Case(_bad_utf8_bytes, 3, "not valid UTF-8"),
+    "gemm-weight-rank": Case(_demo_edit(_gemm_weight_rank), 3, ASK_NO_CHECK),
+    "gemm-weight-rank-no-check": Case(
+        _demo_edit(_gemm_weight_rank),
+        0,
+        "",
+        args=("--no-check",),
+        written=True,
+        log=("unsupported_layer",),
     ),
     "training-mode": Case(
         _onnx(training_mode_model, "train.onnx"), 0, "", written=True, log=("training_mode",)

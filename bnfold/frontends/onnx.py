@@ -12,9 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from bnfold.errors import InputError, OutputError
 from bnfold.graph import iter_graphs
@@ -55,6 +58,159 @@ def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             raise InputError(f"external data location {location!r} is outside the model's folder")
         if not target.is_file():
             raise InputError(f"external data file {location!r} is missing")
+
+
+def _known_type(data_type: int) -> bool:
+    if data_type == onnx.TensorProto.UNDEFINED:
+        return False
+    try:
+        onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except Exception:
+        return False
+    return True
+
+
+def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The raw size of the tensor's values by its dims and type; ``None`` when it cannot be
+    told (strings, unknown types)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except Exception:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            return -1
+        count *= dim
+    if dtype.name in ("int4", "uint4", "float4_e2m1fn", "int2", "uint2"):
+        bits = 2 if dtype.name.endswith("int2") else 4
+        return (count * bits + 7) // 8
+    return count * dtype.itemsize
+
+
+def _external_extent(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError as error:
+        raise InputError(f"tensor {tensor.name!r}: bad external data offset or length") from error
+    return entries.get("location", ""), offset, length
+
+
+def _typed_count_problem(tensor: onnx.TensorProto, expected: int) -> str | None:
+    """A tensor stored in a typed field (float_data, int32_data, ...) with the wrong count."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    if dtype.itemsize == 0 or dtype.name.startswith(("int4", "uint4", "float4", "int2", "uint2")):
+        return None
+    count = expected // dtype.itemsize * (2 if dtype.kind == "c" else 1)
+    field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    stored = len(getattr(tensor, field))
+    if stored in (0, count):
+        return None  # 0: no data at all, which the checker and onnxruntime report
+    return f"{stored} values for dims {list(tensor.dims)} ({count})"
+
+
+def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
+    """Every initializer holds as many bytes as its dims say: the checker sees only the small
+    ones (the skeleton leaves the large ones out), and a mismatch would surface later as a
+    numpy error in the middle of a fold."""
+    folder = path.parent
+    for tensor in proto.graph.initializer:
+        if not _known_type(tensor.data_type):
+            raise InputError(f"{path}: tensor {tensor.name!r} has no known data type")
+        expected = _expected_bytes(tensor)
+        if expected is None:
+            continue
+        if expected < 0:
+            raise InputError(f"{path}: tensor {tensor.name!r} has a negative dimension")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location, offset, length = _external_extent(tensor)
+            available = (folder / location).stat().st_size - offset
+            if (length is not None and length != expected) or available < expected:
+                raise InputError(
+                    f"{path}: tensor {tensor.name!r}: its external data is shorter than its "
+                    f"{list(tensor.dims)} dims need"
+                )
+        elif tensor.HasField("raw_data"):
+            if len(tensor.raw_data) != expected:
+                raise InputError(
+                    f"{path}: tensor {tensor.name!r}: {len(tensor.raw_data)} bytes of data for "
+                    f"dims {list(tensor.dims)} ({expected} bytes)"
+                )
+        elif problem := _typed_count_problem(tensor, expected):
+            raise InputError(f"{path}: tensor {tensor.name!r}: {problem}")
+
+
+# Attributes that must be positive (or not negative) for onnxruntime not to divide by zero
+# while it builds a kernel: a zero ``group`` kills the process with SIGFPE, which no
+# Python code can catch, so bnfold refuses such a node before any session is made.
+_POSITIVE_ATTRIBUTES = {
+    "Conv": ("group", "strides", "dilations", "kernel_shape"),
+    "ConvTranspose": ("group", "strides", "dilations", "kernel_shape"),
+    "ConvInteger": ("group", "strides", "dilations", "kernel_shape"),
+    "QLinearConv": ("group", "strides", "dilations", "kernel_shape"),
+    "MaxPool": ("strides", "dilations", "kernel_shape"),
+    "AveragePool": ("strides", "kernel_shape"),
+    "LpPool": ("strides", "kernel_shape"),
+}
+_NON_NEGATIVE_ATTRIBUTES = ("pads", "output_padding")
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def _check_attributes(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse attribute values that crash onnxruntime instead of raising an error."""
+    for node in _nodes(proto.graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        positive = _POSITIVE_ATTRIBUTES.get(node.op_type, ())
+        for attribute in node.attribute:
+            values = list(attribute.ints) if attribute.ints else [attribute.i]
+            if attribute.name in positive and any(value < 1 for value in values):
+                bad = "must be at least 1"
+            elif attribute.name in _NON_NEGATIVE_ATTRIBUTES and any(v < 0 for v in values):
+                bad = "must not be negative"
+            else:
+                continue
+            where = node.name or (node.output[0] if node.output else node.op_type)
+            raise InputError(
+                f"{path}: invalid ONNX model: {node.op_type} node {where!r}: "
+                f"{attribute.name} {values if attribute.ints else values[0]} {bad}"
+            )
+
+
+def _bad_text(message: Any) -> str | None:
+    """The first string field of ``message`` (names, types, docs, in every nested message)
+    that is not valid UTF-8: protobuf hands such a field over as bytes, and onnx_ir cannot
+    write it back. Tensor data (bytes and numbers) is not visited, nor copied."""
+    if isinstance(message, onnx.TensorProto):
+        names = [message.name, message.doc_string]
+        names += [text for entry in message.external_data for text in (entry.key, entry.value)]
+        bad = next((text for text in names if isinstance(text, bytes)), None)
+        return None if bad is None else f"tensor name or location {bad[:40]!r}"
+    for descriptor, value in message.ListFields():
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            texts = [value] if isinstance(value, str | bytes) else list(value)
+            for text in texts:
+                if isinstance(text, bytes):
+                    return f"{descriptor.name} {text[:40]!r}"
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            items = [value] if isinstance(value, Message) else value
+            for item in items:
+                if found := _bad_text(item):
+                    return found
+    return None
 
 
 # Initializers above this size are left out of the skeleton that is checked and shape-inferred;
@@ -142,6 +298,10 @@ def read_proto(path: Path) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path.parent)
+    _check_tensor_sizes(proto, path)
+    _check_attributes(proto, path)
+    if bad := _bad_text(proto):
+        raise InputError(f"{path}: invalid ONNX model: {bad} is not valid UTF-8 text")
     try:
         onnx.checker.check_model(_skeleton(proto))
     except Exception as error:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, fold_after
-from bnfold.foldlog import Skip
+from bnfold.foldlog import Reason, Skip
+from bnfold.graph import node_label
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
@@ -28,6 +29,10 @@ class ConvThenAffine(BackwardRule):
         weight = constant_weight(node, 1)
         if isinstance(weight, Skip):
             return weight
+        if weight.ndim < 3:
+            return Skip(
+                Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight has rank {weight.ndim}"
+            )
         bias = optional_constant(node, 2)
         if isinstance(bias, Skip):
             return bias

@@ -9,8 +9,8 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, as_float64_vector, grouped_transpose_scale
-from bnfold.foldlog import Skip
-from bnfold.graph import int_attr
+from bnfold.foldlog import Reason, Skip
+from bnfold.graph import int_attr, node_label
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
@@ -30,6 +30,10 @@ class ConvTransposeThenAffine(BackwardRule):
         weight = constant_weight(node, 1)
         if isinstance(weight, Skip):
             return weight
+        if weight.ndim < 3:
+            return Skip(
+                Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight has rank {weight.ndim}"
+            )
         bias = optional_constant(node, 2)
         if isinstance(bias, Skip):
             return bias

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, along_axis
-from bnfold.foldlog import Skip
+from bnfold.foldlog import Reason, Skip
 from bnfold.graph import float_attr, int_attr, node_label, set_constant_input
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
@@ -35,6 +35,8 @@ class GemmThenAffine(BackwardRule):
         bias = optional_constant(node, 2)
         if isinstance(bias, Skip):
             return bias
+        if weight.ndim != 2:
+            return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight is not 2-D")
         channels = weight.shape[0] if int_attr(node, "transB", 0) else weight.shape[1]
         return LinearLayer(node, weight, bias, channels, 1, 2)
 
