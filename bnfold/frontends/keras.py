@@ -476,15 +476,16 @@ def _describe(layer: _GraphLayer) -> str:
     return f"{layer.class_name} '{layer.name}'"
 
 
-def _decline_or_fold(
-    model: Any,
-    graph: _ModelGraph,
-    bn: _GraphLayer,
-    new_weights: dict[str, list[np.ndarray]],
-) -> tuple[str, list[np.ndarray]] | _Declined:
-    """The producer's name and folded weights, or why ``bn`` stays."""
+def _backward_neighbour(graph: _ModelGraph, bn: _GraphLayer) -> _GraphLayer | _Declined:
+    """The linear layer ``bn`` can fold into, judged on the wiring alone, or why not.
+
+    It must be a Keras linear layer with a linear activation, called once, whose output feeds
+    only ``bn`` and is not a model output.
+    """
     if bn.calls != 1:
         return _Declined(Reason.UNSUPPORTED_LAYER, f"is a shared layer called {bn.calls} times")
+    if not bn.inputs:
+        return _Declined(Reason.NO_LINEAR_NEIGHBOUR, "normalises a model input directly")
     if len(set(bn.inputs)) != 1:
         return _Declined(Reason.NO_LINEAR_NEIGHBOUR, "has no single input layer")
     producer = graph.layers[bn.inputs[0]]
@@ -494,19 +495,17 @@ def _decline_or_fold(
         return _Declined(
             Reason.NO_LINEAR_NEIGHBOUR, f"follows an activation ({_describe(producer)})"
         )
-    rule = rule_for(producer.class_name)
-    registered = producer.entry.get("registered_name")
+    module = str(producer.entry.get("module", "keras"))
     if (
-        rule is None
-        or registered
-        or not str(producer.entry.get("module", "keras")).startswith("keras")
+        rule_for(producer.class_name) is None
+        or producer.entry.get("registered_name")
+        or not module.startswith("keras")
     ):
         return _Declined(
             Reason.NO_LINEAR_NEIGHBOUR,
             f"follows {_describe(producer)}, which is not a layer bnfold folds into",
         )
-    settings = producer.layer_config
-    activation = settings.get("activation", "linear")
+    activation = producer.layer_config.get("activation", "linear")
     if activation not in ("linear", None):
         name = activation if isinstance(activation, str) else "a custom function"
         return _Declined(
@@ -528,10 +527,23 @@ def _decline_or_fold(
         return _Declined(
             Reason.GRAPH_OUTPUT, f"the output of {_describe(producer)} is also a model output"
         )
-    if settings.get("lora_rank"):
+    if producer.layer_config.get("lora_rank"):
         return _Declined(Reason.UNSUPPORTED_LAYER, f"{_describe(producer)} has LoRA weights")
-    live_producer = model.get_layer(producer.name)
-    weights = new_weights.get(producer.name) or [np.asarray(w) for w in live_producer.get_weights()]
+    return producer
+
+
+def _folded_weights(
+    model: Any, bn: _GraphLayer, producer: _GraphLayer, weights: list[np.ndarray]
+) -> list[np.ndarray] | _Declined:
+    """``producer``'s weights with ``bn`` folded in, or why not (dtype, axis, parameters).
+
+    The BN must normalise exactly the producer's channel axis of its output: the last axis, or
+    axis 1 for ``data_format="channels_first"``.
+    """
+    rule = rule_for(producer.class_name)
+    if rule is None:  # not reached: _backward_neighbour returns only layers with a rule
+        return _Declined(Reason.UNSUPPORTED_LAYER, f"no rule for {_describe(producer)}")
+    settings = producer.layer_config
     kernel = weights[rule.kernel_index]
     if settings.get("quantization_config") or not np.issubdtype(kernel.dtype, np.floating):
         return _Declined(
@@ -552,20 +564,38 @@ def _decline_or_fold(
         )
     parameters = _batchnorm_parameters(live_bn)
     channels = rule.output_channels(weights)
-    if np.asarray(parameters["moving_mean"]).size != channels:
+    bn_channels = np.asarray(parameters["moving_mean"]).size
+    if bn_channels != channels:
         return _Declined(
             Reason.CHANNEL_MISMATCH,
-            f"has {np.asarray(parameters['moving_mean']).size} channels, "
-            f"{_describe(producer)} has {channels}",
+            f"has {bn_channels} channels, {_describe(producer)} has {channels}",
         )
     try:
         affine = keras_batchnorm_affine(parameters, float(bn.layer_config.get("epsilon", 1e-3)))
     except FoldArithmeticError as error:
         return _Declined(Reason.INVALID_PARAMS, str(error))
     try:
-        folded = rule.fold_after(weights, bool(settings.get("use_bias", True)), affine)
+        return rule.fold_after(weights, bool(settings.get("use_bias", True)), affine)
     except FoldArithmeticError as error:
         return _Declined(Reason.DTYPE_RANGE, str(error))
+
+
+def _decline_or_fold(
+    model: Any,
+    graph: _ModelGraph,
+    bn: _GraphLayer,
+    new_weights: dict[str, list[np.ndarray]],
+) -> tuple[str, list[np.ndarray]] | _Declined:
+    """The producer's name and folded weights, or why ``bn`` stays."""
+    producer = _backward_neighbour(graph, bn)
+    if isinstance(producer, _Declined):
+        return producer
+    weights = new_weights.get(producer.name) or [
+        np.asarray(w) for w in model.get_layer(producer.name).get_weights()
+    ]
+    folded = _folded_weights(model, bn, producer, weights)
+    if isinstance(folded, _Declined):
+        return folded
     return producer.name, folded
 
 
