@@ -422,3 +422,71 @@ def test_onnx_boundary_takes_keras_names_tensorflow_would_refuse() -> None:
     actual = run_onnx(converted, feeds)
     for output, values in expected.items():
         assert relative_error(values, actual[output]) <= ONNX_BOUND
+
+
+def dense_then_bn(dtype: str = "float32") -> Any:
+    model = functional(
+        (3,), L.Dense(2, name="lin", dtype=dtype), L.BatchNormalization(name="bn", dtype=dtype)
+    )
+    randomise_batchnorms(model, seed=11)
+    return model
+
+
+def only_entry(model: Any) -> Any:
+    folded, entries = frontend.fold_keras_model(model)
+    assert count_batchnorms(folded) == sum(entry.outcome is LEFT for entry in entries)
+    (entry,) = entries
+    return entry
+
+
+def test_negative_variance_is_left_as_invalid_params() -> None:
+    model = dense_then_bn()
+    model.get_layer("bn").moving_variance.assign(np.array([1.0, -1.0]))
+    entry = only_entry(model)
+    assert (entry.outcome, entry.reason) == (LEFT, Reason.INVALID_PARAMS)
+    assert "not finite and positive" in entry.detail
+
+
+def test_float16_overflow_is_left_as_dtype_range() -> None:
+    model = dense_then_bn("float16")
+    model.get_layer("lin").kernel.assign(np.full((3, 2), 60000.0))
+    model.get_layer("bn").gamma.assign(np.full(2, 8.0))
+    entry = only_entry(model)
+    assert (entry.outcome, entry.reason) == (LEFT, Reason.DTYPE_RANGE)
+    assert "overflow float16" in entry.detail
+
+
+def test_float16_model_folds_in_its_dtype() -> None:
+    model = dense_then_bn("float16")
+    folded, (entry,) = frontend.fold_keras_model(model)
+    assert entry.outcome is FOLDED
+    assert folded.get_layer("bn").kernel.dtype == "float16"
+    feeds = random_feeds(model)
+    expected = frontend.predict_keras(model, feeds)["bn"].astype(np.float64)
+    actual = frontend.predict_keras(folded, feeds)["bn"].astype(np.float64)
+    assert relative_error(expected, actual) <= 1e-2  # float16 has an 11-bit significand
+
+
+def test_int8_quantised_dense_is_left_as_unsupported_dtype() -> None:
+    model = dense_then_bn()
+    model.get_layer("lin").quantize("int8")
+    entry = only_entry(model)
+    assert (entry.outcome, entry.reason) == (LEFT, Reason.UNSUPPORTED_DTYPE)
+
+
+def test_subclassed_model_is_returned_unchanged_with_every_bn_left() -> None:
+    class Subclassed(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = L.Dense(3)
+            self.norm = L.BatchNormalization(name="bn")
+
+        def call(self, inputs: Any) -> Any:
+            return self.norm(self.dense(inputs))
+
+    model = Subclassed()
+    model(np.zeros((1, 4), np.float32))
+    folded, entries = frontend.fold_keras_model(model)
+    assert folded is model
+    assert [(entry.name, entry.reason) for entry in entries] == [("bn", Reason.UNSUPPORTED_LAYER)]
+    assert "subclassed" in entries[0].detail
