@@ -436,6 +436,45 @@ def table(case: ModelCase, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+PEERS = tuple(tool for tool in TOOLS if tool != "bnfold")
+
+
+def summary(results: list[tuple[ModelCase, list[Row]]]) -> str:
+    """bnfold against the BN-free limit and against the fastest peer on each model and level."""
+    lines = [
+        "#### Summary: bnfold against the BN-free limit and the fastest peer",
+        "",
+        "| model | bnfold BN / affine left | bnfold max rel error "
+        + "".join(
+            f"| vs BN-free, {LEVEL_NAMES[level]} | vs fastest peer, {LEVEL_NAMES[level]} "
+            for level in LEVELS
+        )
+        + "|",
+        "|---|---:|---:|" + "---:|---:|" * len(LEVELS),
+    ]
+    for case, rows in results:
+        by_name = {row.tool: row for row in rows}
+        mine, limit = by_name["bnfold"], by_name["BN-free limit"]
+        error = "-" if mine.error is None else f"{mine.error:.1e}"
+        cells = [case.name, mine.left, error]
+        for level in LEVELS:
+            cells.append(_vs_limit(mine, limit, level))
+            peers = [by_name[name] for name in PEERS if level in by_name[name].vs_original]
+            if level not in mine.vs_original or not peers:
+                cells.append("-")
+                continue
+            best = min(peers, key=lambda row: row.vs_original[level][0])
+            ratio = mine.vs_original[level][0] / best.vs_original[level][0]
+            cells.append(f"{ratio:.3f} ({best.tool})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Ratios below 1: bnfold is faster. Differences under about 3% are within this "
+        "machine's noise (docs/benchmarks.md).",
+    ]
+    return "\n".join(lines)
+
+
 def versions() -> str:
     parts = [f"{name} {version}" for name, version in machine_info().versions.items()]
     for package in ("onnxoptimizer", "onnxsim", "onnxscript", "tensorflow", "keras", "tf2onnx"):
@@ -474,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "affine chains. Error: max|variant - original| / max|original| at ORT_DISABLE_ALL."
     )
     print()
+    results = []
     for case in cases:
         log(f"{case.name}")
         try:
@@ -482,8 +522,11 @@ def main(argv: list[str] | None = None) -> int:
             log(traceback.format_exc())
             print(f"#### {case.name}\n\nfailed to build or measure (see stderr)\n")
             continue
+        results.append((case, rows))
         print(table(case, rows))
         print(flush=True)
+    print(summary(results))
+    print()
     print(f"Total {time.perf_counter() - started:.0f} s")
     return 0
 
