@@ -79,3 +79,22 @@ def test_seed_model_folds_and_matches_keras(filename: str) -> None:
     assert list(actual) == list(expected)
     for output, values in expected.items():
         assert relative_error(values, actual[output]) <= BOUND
+
+
+def test_iris_table_is_the_150_row_iris_data() -> None:
+    import sys
+
+    sys.path.insert(0, str(MODELS))
+    try:
+        import build_models
+    finally:
+        sys.path.remove(str(MODELS))
+    features, labels = build_models.load_iris()
+    assert features.shape == (150, 4)
+    assert np.bincount(labels).tolist() == [50, 50, 50]
+    np.testing.assert_allclose(features[0], [5.1, 3.5, 1.4, 0.2])
+    np.testing.assert_allclose(features.mean(axis=0), [5.8433, 3.0573, 3.758, 1.1993], atol=1e-4)
+    images, classes = build_models.synthetic_digits(10, seed=1)
+    again, _ = build_models.synthetic_digits(10, seed=1)
+    assert images.shape == (10, 28, 28) and classes.max() < 10
+    np.testing.assert_array_equal(images, again)
