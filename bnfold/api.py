@@ -6,9 +6,11 @@ print(result.counts(), result.check.max_rel)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +37,7 @@ from bnfold.frontends.onnx import (
     infer_shapes,
     input_specs,
     load_onnx,
+    needs_external_data,
     save_onnx,
 )
 from bnfold.specs import InputSpec
@@ -88,13 +91,23 @@ def _label(model: Any) -> str:
     return str(model) if isinstance(model, str | os.PathLike) else "the model"
 
 
-def _reference_source(model: ModelInput) -> tuple[ir.Model, ModelSource]:
-    """The model to fold and a frozen copy of the original for the check."""
+def _reference_source(
+    model: ModelInput, check: bool, scratch: contextlib.ExitStack
+) -> tuple[ir.Model, ModelSource | None]:
+    """The model to fold and a frozen copy of the original for the check (``None`` without
+    the check). An in-memory model too large for one protobuf is frozen in a temporary folder
+    with external data, which ``scratch`` removes."""
     if isinstance(model, ir.Model):
+        if not check:
+            return model, None
+        if needs_external_data(model):
+            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-")))
+            ir.save(model, folder / "reference.onnx", external_data="reference.onnx.data")
+            return model, folder / "reference.onnx"
         return model, ir.serde.serialize_model(model).SerializeToString()
     if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model), model.SerializeToString()
-    return load_onnx(model), str(model)
+        return ir.serde.deserialize_model(model), model.SerializeToString() if check else None
+    return load_onnx(model), str(model) if check else None
 
 
 def fold(
@@ -136,17 +149,22 @@ def fold(
             opset=opset,
         )
     started = time.perf_counter()
-    ir_model, reference = _reference_source(model)
-    loaded = time.perf_counter()
-    feeds, description = _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
-    result = fold_model(ir_model)
-    folded = time.perf_counter()
-    result.seconds = {"load": loaded - started, "fold": folded - loaded}
-    if check:
-        expected = run_model(reference, feeds, label=_label(model), hint=NO_CHECK_HINT)
-        actual = run_model(ir_model, feeds)
-        result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
-        result.seconds["check"] = time.perf_counter() - folded
+    with contextlib.ExitStack() as scratch:
+        ir_model, reference = _reference_source(model, check, scratch)
+        loaded = time.perf_counter()
+        feeds, description = (
+            _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
+        )
+        result = fold_model(ir_model)
+        folded = time.perf_counter()
+        result.seconds = {"load": loaded - started, "fold": folded - loaded}
+        if reference is not None:
+            expected = run_model(reference, feeds, label=_label(model), hint=NO_CHECK_HINT)
+            actual = run_model(ir_model, feeds)
+            result.check = compare_outputs(
+                expected, actual, rtol=rtol, atol=atol, inputs=description
+            )
+            result.seconds["check"] = time.perf_counter() - folded
     unchanged_file = (
         Path(model)
         if isinstance(model, str | os.PathLike)

@@ -706,3 +706,43 @@ def test_existing_output_survives_a_failed_write(tmp_path: Path, monkeypatch: py
     assert run(str(source), "-o", str(out))[0] == 4
     assert out.read_bytes() == b"previous output"
     assert _no_temp_folders(tmp_path)
+
+
+# --------------------------------------------------------------------------- large models
+
+
+def test_model_over_the_inline_limit_is_checked_and_written_with_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """An in-memory model whose weights exceed what one protobuf holds: the check's frozen
+    original goes through a temporary folder (not bytes), OUT gets OUT.data. The limit is
+    lowered so the test needs kilobytes, not gigabytes (benchmarks/large_model.py: 2.6 GiB)."""
+    import onnx_ir as ir
+
+    import bnfold
+    import bnfold.api as api
+    import bnfold.frontends.onnx as frontend
+    from bnfold.testing import pytorch_style_model
+
+    monkeypatch.setattr(frontend, "INLINE_LIMIT_BYTES", 1000)
+    sources: list[Any] = []
+    real_run_model = api.run_model
+
+    def spy(source: Any, *args: Any, **kwargs: Any) -> Any:
+        sources.append(source)
+        return real_run_model(source, *args, **kwargs)
+
+    monkeypatch.setattr(api, "run_model", spy)
+    model = ir.serde.deserialize_model(pytorch_style_model(np.random.default_rng(0)))
+    result = bnfold.fold(model, output=tmp_path / "out.onnx")
+
+    assert result.check is not None and result.check.passed and len(result.folded) == 3
+    assert isinstance(sources[0], Path) and sources[0].name == "reference.onnx"
+    assert not sources[0].exists()  # the temporary folder is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+    written = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    external = {
+        t.name for t in written.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    }
+    assert "fc_w" in external  # tensors over 256 bytes; the small ones stay inline
+    assert bnfold.check(pytorch_style_model(np.random.default_rng(0)), tmp_path / "out.onnx").passed
