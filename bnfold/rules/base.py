@@ -198,6 +198,22 @@ def optional_constant(node: ir.Node, index: int) -> npt.NDArray[np.generic] | Sk
     return constant_weight(node, index)
 
 
+def weight_and_bias(
+    node: ir.Node, *, min_rank: int = 2
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.generic] | None] | Skip:
+    """The constant weight (input 1, of rank ``min_rank`` at least) and optional constant
+    bias (input 2) of Conv, ConvTranspose and Gemm."""
+    weight = constant_weight(node, 1)
+    if isinstance(weight, Skip):
+        return weight
+    if weight.ndim < min_rank:
+        return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight has rank {weight.ndim}")
+    bias = optional_constant(node, 2)
+    if isinstance(bias, Skip):
+        return bias
+    return weight, bias
+
+
 def output_is_float(node: ir.Node) -> bool:
     dtype = node.outputs[0].dtype
     return dtype is None or dtype in FLOAT_TYPES

@@ -8,16 +8,14 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, fold_after
-from bnfold.foldlog import Reason, Skip
-from bnfold.graph import node_label
+from bnfold.foldlog import Skip
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
     FoldContext,
     LinearLayer,
     cast_like,
-    constant_weight,
-    optional_constant,
+    weight_and_bias,
     write_weight_and_bias,
 )
 
@@ -26,16 +24,10 @@ class ConvThenAffine(BackwardRule):
     op_type = "Conv"
 
     def describe(self, node: ir.Node) -> LinearLayer | Skip:
-        weight = constant_weight(node, 1)
-        if isinstance(weight, Skip):
-            return weight
-        if weight.ndim < 3:
-            return Skip(
-                Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight has rank {weight.ndim}"
-            )
-        bias = optional_constant(node, 2)
-        if isinstance(bias, Skip):
-            return bias
+        parameters = weight_and_bias(node, min_rank=3)
+        if isinstance(parameters, Skip):
+            return parameters
+        weight, bias = parameters
         return LinearLayer(node, weight, bias, weight.shape[0], 1, weight.ndim)
 
     def rewrite(

@@ -9,16 +9,15 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, as_float64_vector, grouped_transpose_scale
-from bnfold.foldlog import Reason, Skip
-from bnfold.graph import int_attr, node_label
+from bnfold.foldlog import Skip
+from bnfold.graph import int_attr
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
     FoldContext,
     LinearLayer,
     cast_like,
-    constant_weight,
-    optional_constant,
+    weight_and_bias,
     write_weight_and_bias,
 )
 
@@ -27,16 +26,10 @@ class ConvTransposeThenAffine(BackwardRule):
     op_type = "ConvTranspose"
 
     def describe(self, node: ir.Node) -> LinearLayer | Skip:
-        weight = constant_weight(node, 1)
-        if isinstance(weight, Skip):
-            return weight
-        if weight.ndim < 3:
-            return Skip(
-                Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight has rank {weight.ndim}"
-            )
-        bias = optional_constant(node, 2)
-        if isinstance(bias, Skip):
-            return bias
+        parameters = weight_and_bias(node, min_rank=3)
+        if isinstance(parameters, Skip):
+            return parameters
+        weight, bias = parameters
         channels = weight.shape[1] * int_attr(node, "group", 1)
         return LinearLayer(node, weight, bias, channels, 1, weight.ndim)
 

@@ -20,8 +20,7 @@ from bnfold.rules.base import (
     FoldContext,
     LinearLayer,
     cast_like,
-    constant_weight,
-    optional_constant,
+    weight_and_bias,
 )
 
 
@@ -29,12 +28,10 @@ class GemmThenAffine(BackwardRule):
     op_type = "Gemm"
 
     def describe(self, node: ir.Node) -> LinearLayer | Skip:
-        weight = constant_weight(node, 1)
-        if isinstance(weight, Skip):
-            return weight
-        bias = optional_constant(node, 2)
-        if isinstance(bias, Skip):
-            return bias
+        parameters = weight_and_bias(node)
+        if isinstance(parameters, Skip):
+            return parameters
+        weight, bias = parameters
         if weight.ndim != 2:
             return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight is not 2-D")
         channels = weight.shape[0] if int_attr(node, "transB", 0) else weight.shape[1]
