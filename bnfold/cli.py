@@ -10,6 +10,7 @@ The only module that prints or sets exit codes (docs/user-guide.md lists them):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -56,6 +57,8 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
         os.environ["BNFOLD_DEBUG"] = "1"
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # onnx_ir warns about odd fields of damaged files; bnfold's own line says what matters.
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
         action()
     except BnfoldError as error:

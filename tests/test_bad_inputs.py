@@ -20,7 +20,7 @@ untouched and no partial output (no OUT, no OUT.data, no ``.bnfold-*`` temporary
 | initializer dims vs its data       | 3    | N bytes of data for dims [...]                         |
 | initializer of undefined data type | 3    | has no known data type                                 |
 | external data shorter than dims    | 3    | its external data is shorter than its dims need        |
-| a name that is not UTF-8           | 3    | is not valid UTF-8 text                                |
+| a name or string attribute not UTF-8 | 3  | is not valid UTF-8 text                                |
 | Gemm/Conv weight of the wrong rank | 0/3  | left: unsupported_layer (--no-check), else onnxruntime |
 | BN with training_mode=1            | 0    | BN left: training_mode; OUT is a byte copy             |
 | zero variance                      | 0    | folded (epsilon keeps it finite)                       |
@@ -384,6 +384,14 @@ def _bad_utf8_bytes(folder: Path, rng: np.random.Generator, keras: dict[str, Pat
     return path
 
 
+def _bad_auto_pad(folder: Path, rng: np.random.Generator, keras: dict[str, Path]) -> Path:
+    model = onnx.load(DEMO)
+    _node(model, "conv").attribute.append(helper.make_attribute("auto_pad", "NOTSET"))
+    path = folder / "pad.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"NOTSET", b"NOTS\xe9T"))
+    return path
+
+
 def _gemm_weight_rank(model: onnx.ModelProto) -> None:
     weight = _tensor(model, "fc_w")
     weight.dims[:] = [5, 8, 64]
@@ -435,6 +443,7 @@ CASES: dict[str, Case] = {
     "tensor-undefined-type": Case(_demo_edit(_undefined_type), 3, "no known data type"),
     "external-data-too-short": Case(_short_external_data, 3, "external data is shorter"),
     "name-not-utf8": Case(_bad_utf8_bytes, 3, "not valid UTF-8"),
+    "attribute-not-utf8": Case(_bad_auto_pad, 3, "attribute auto_pad"),
     "gemm-weight-rank": Case(_demo_edit(_gemm_weight_rank), 3, ASK_NO_CHECK),
     "gemm-weight-rank-no-check": Case(
         _demo_edit(_gemm_weight_rank),

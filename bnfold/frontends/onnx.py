@@ -199,6 +199,12 @@ def _bad_text(message: Any) -> str | None:
         names += [text for entry in message.external_data for text in (entry.key, entry.value)]
         bad = next((text for text in names if isinstance(text, bytes)), None)
         return None if bad is None else f"tensor name or location {bad[:40]!r}"
+    if isinstance(message, onnx.AttributeProto):
+        for text in [message.s, *message.strings]:  # bytes in protobuf, UTF-8 text in ONNX
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"attribute {message.name} {text[:40]!r}"
     for descriptor, value in message.ListFields():
         if descriptor.type == FieldDescriptor.TYPE_STRING:
             texts = [value] if isinstance(value, str | bytes) else list(value)
