@@ -369,3 +369,32 @@ def test_folded_graph_output_keeps_its_type_without_inferred_shapes() -> None:
     assert output.name == "y"
     assert output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_value for d in output.type.tensor_type.shape.dim] == [2, 1]
+
+
+def test_chain_after_a_batchnorm_folded_in_the_same_pass() -> None:
+    """Found by the property run: ``Conv -> BN``, the BN read by a Relu (a second output) and
+    by ``Mul(scalar) -> MatMul``. The BN folds backward into the Conv first; the Mul chain,
+    found before that, then folded forward into the MatMul with the BN's removed output as
+    its input, and the folded graph read a value nothing produced."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder(np.float32, [2, 3, 4, 4], input_shape=[2, 3, 4, 4])
+    g.add("Conv", [g.current, g.const("w", rng.normal(size=(4, 3, 1, 1)))])
+    params = [
+        rng.uniform(0.5, 2, 4),
+        rng.normal(size=4),
+        rng.normal(size=4),
+        rng.uniform(0.5, 2, 4),
+    ]
+    g.add("BatchNormalization", [g.current, *(g.const("p", array) for array in params)])
+    normalised = g.current
+    g.add("Mul", [g.current, g.const("k", np.array(1.5))])
+    g.add("MatMul", [g.current, g.const("m", rng.normal(size=(4, 5)))])
+    g.nodes.append(helper.make_node("Relu", [normalised], ["side"], name="side"))
+    g.shapes["side"] = [2, 4, 4, 4]
+    g.extra_outputs.append("side")
+    proto = g.model()
+    onnx.checker.check_model(proto, full_check=True)
+    result = check_fold(proto)
+    assert result is not None
+    outcomes = {entry.ops[0]: entry.outcome.value for entry in result.entries}
+    assert outcomes["BatchNormalization"] == "folded_into_previous"

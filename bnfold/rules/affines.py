@@ -43,6 +43,7 @@ class AffineOp:
     axis_from_front: int | None = None
     axis_from_back: int | None = None
     skip: Skip | None = None
+    data_index: int = 0  # which input of ``node`` is ``data`` (Sub/Mul/Add: either side)
 
     @property
     def is_batchnorm(self) -> bool:
@@ -65,7 +66,13 @@ class AffineChain:
 
     @property
     def input(self) -> ir.Value:
-        return self.ops[0].data
+        """The value the first op reads now. An earlier fold in the same pass may have
+        rewired it (a BN folded backward hands its readers the layer's output), so the value
+        seen when the chain was found may be gone from the graph."""
+        first = self.ops[0]
+        current = first.node.inputs[first.data_index]
+        assert current is not None
+        return current
 
     @property
     def output(self) -> ir.Value:
@@ -195,7 +202,9 @@ def _elementwise_op(node: ir.Node) -> AffineOp | None:
     else:
         return None
     axis_from_back = const.ndim - varying[0] if varying else None
-    return AffineOp(node, data, affine, axis_from_back=axis_from_back)
+    return AffineOp(
+        node, data, affine, axis_from_back=axis_from_back, data_index=0 if data_first else 1
+    )
 
 
 def as_affine_op(node: ir.Node) -> AffineOp | None:
