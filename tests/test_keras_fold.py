@@ -225,11 +225,6 @@ SKIP_CASES: dict[str, Case] = {
         {"bn": (LEFT, Reason.NO_LINEAR_NEIGHBOUR, [])},
         detail={"bn": "follows an activation"},
     ),
-    "bn_on_the_input": Case(
-        lambda: functional((5,), L.BatchNormalization(name="bn"), L.Dense(3, name="lin")),
-        {"bn": (LEFT, Reason.NO_LINEAR_NEIGHBOUR, [])},
-        detail={"bn": "model input"},
-    ),
     "flatten_then_bn": Case(
         lambda: functional(
             (4, 4, 2),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
 ort = pytest.importorskip("onnxruntime")
 import onnx_ir  # noqa: E402
 
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.keras
 MODELS = Path(__file__).resolve().parents[1] / "models"
 BOUND = 1e-5  # max relative error, float32; tf2onnx alone measures 1e-7 .. 1e-6 on these
 
-# What the Keras pass does with each model's BNs: (folded, left as no_linear_neighbour).
+# What the Keras pass does with each model's BNs: (folded backward, folded forward).
 KERAS_STAGE = {
-    "iris_mlp": (0, 5),  # every BN follows Dense(relu)
+    "iris_mlp": (0, 5),  # every BN follows Dense(relu): forward into the next Dense
     "swish_regressor": (3, 0),
     "swish_classifier": (3, 0),
     "flatten_bn_classifier": (0, 3),  # Flatten -> BN, then BNs after Dense(elu)
@@ -64,15 +65,15 @@ def test_seed_model_folds_and_matches_keras(filename: str) -> None:
     expected = frontend.predict_keras(model, feeds)
 
     folded, entries = frontend.fold_keras_model(model)
-    outcomes = Counter(entry.reason.value if entry.reason else "folded" for entry in entries)
-    folded_count, left_count = KERAS_STAGE[filename.rsplit(".", 1)[0]]
-    assert (
-        outcomes == Counter({"folded": folded_count, "no_linear_neighbour": left_count}) - Counter()
-    )
+    outcomes = Counter(entry.outcome.value for entry in entries)
+    backward, forward = KERAS_STAGE[filename.rsplit(".", 1)[0]]
+    expected_outcomes = {"folded_into_previous": backward, "folded_into_next": forward}
+    assert outcomes == Counter(expected_outcomes) - Counter()
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     for output, values in frontend.predict_keras(folded, feeds).items():
         assert relative_error(expected[output], values) <= BOUND
 
-    # The ONNX engine folds what the Keras pass left (forward, into the next layer).
+    # Nothing is left for the ONNX engine.
     result = fold_model(infer_shapes(frontend.keras_to_onnx(folded)))
     assert result.counts()["left"] == 0
     actual = run_onnx(result.model, feeds)

@@ -28,10 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnfold.affine import FoldArithmeticError
+from bnfold.affine import FoldArithmeticError, ScaleShift, along_axis
 from bnfold.errors import InputError, OutputError
 from bnfold.foldlog import FoldEntry, Outcome, Reason
-from bnfold.rules.keras_layers import keras_batchnorm_affine, rule_for
+from bnfold.rules.keras_layers import (
+    CONV,
+    CONV_TRANSPOSE,
+    DENSE,
+    KerasLinearRule,
+    keras_batchnorm_affine,
+    rule_for,
+)
 from bnfold.specs import InputSpec
 
 if TYPE_CHECKING:
@@ -47,6 +54,22 @@ _BATCHNORM = "BatchNormalization"
 _ACTIVATION_LAYERS = frozenset(
     {"Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU"}
 )
+# Layers that are the identity in inference, and layers that only move elements; a forward
+# fold looks through both (the second kind with a proof of where each channel goes).
+_IDENTITY_LAYERS = frozenset(
+    {
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+    }
+)
+_LAYOUT_LAYERS = frozenset({"Flatten", "Reshape", "Permute"})
 # Nodes that are only a sign that conversion left TensorFlow code in the ONNX graph.
 _TF_CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 
@@ -423,6 +446,22 @@ class _ModelGraph:
                 if history[0] == batchnorm:
                     history[:] = [producer, 0, 0]
 
+    def bypass(self, batchnorm: str) -> None:
+        """Drop ``batchnorm`` and feed its consumers from what fed it (a forward fold)."""
+        bn = self.layers.pop(batchnorm)
+        self.config["layers"] = [e for e in self.config["layers"] if e is not bn.entry]
+        source_name = bn.inputs[0]
+        history = next(_histories((bn.entry.get("inbound_nodes") or [])[:1]), None)
+        source = self.layers[source_name]
+        source.consumers = [c for c in source.consumers if c != batchnorm] + bn.consumers
+        for consumer in bn.consumers:
+            layer = self.layers[consumer]
+            layer.inputs = [source_name if name == batchnorm else name for name in layer.inputs]
+            for node in layer.entry.get("inbound_nodes") or []:
+                for found in _histories(node):
+                    if found[0] == batchnorm and history is not None:
+                        found[:] = list(history)
+
     def rename(self, old: str, new: str) -> None:
         """Give layer ``old`` the name ``new`` everywhere in the config."""
         layer = self.layers.pop(old)
@@ -448,6 +487,8 @@ class _ModelGraph:
 class _Declined:
     reason: Reason
     detail: str
+    # Forward only: a linear layer reads the BN, so this reason (not the backward one) is news.
+    near: bool = False
 
 
 def _batchnorm_parameters(layer: Any) -> dict[str, np.ndarray | None]:
@@ -599,6 +640,288 @@ def _decline_or_fold(
     return producer.name, folded
 
 
+# --------------------------------------------------------------------------- forward fold
+
+
+@dataclass
+class _ForwardFold:
+    """A forward fold of one BN, computed and not yet written: new weights per reader."""
+
+    targets: list[str] = field(default_factory=list)
+    via: list[str] = field(default_factory=list)
+    weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    gained_bias: list[str] = field(default_factory=list)
+
+
+def _is_keras_layer(layer: _GraphLayer) -> bool:
+    module = str(layer.entry.get("module", "keras"))
+    return not layer.entry.get("registered_name") and module.startswith("keras")
+
+
+def _walk_forward(
+    graph: _ModelGraph, bn: _GraphLayer
+) -> tuple[list[tuple[_GraphLayer, list[str]]], list[str], bool]:
+    """Every layer that reads ``bn``'s output, looking through identity (Dropout...) and
+    layout (Flatten, Reshape, Permute) layers, with the layers in between; what blocks a
+    forward fold; and whether the only blocker is a model output."""
+    readers: list[tuple[_GraphLayer, list[str]]] = []
+    blockers: list[str] = []
+    output_only = True
+    pending: list[tuple[_GraphLayer, list[str]]] = [(bn, [])]
+    while pending:
+        current, via = pending.pop(0)
+        if current.name in graph.outputs:
+            blockers.append(
+                "its output is a model output"
+                if current is bn
+                else f"the output of {_describe(current)} is a model output"
+            )
+        for name in dict.fromkeys(current.consumers):
+            consumer = graph.layers[name]
+            reads = current.consumers.count(name)
+            problem = None
+            if consumer.calls != 1:
+                problem = f"{_describe(consumer)} is a shared layer called {consumer.calls} times"
+            elif reads != 1:
+                problem = f"{_describe(consumer)} reads it {reads} times"
+            elif not _is_keras_layer(consumer):
+                problem = f"{_describe(consumer)} is not a Keras layer bnfold folds into"
+            elif consumer.class_name in _IDENTITY_LAYERS | _LAYOUT_LAYERS:
+                pending.append((consumer, [*via, consumer.name]))
+            elif rule_for(consumer.class_name) is not None:
+                readers.append((consumer, via))
+            else:
+                problem = f"{_describe(consumer)} is not a linear layer bnfold folds into"
+            if problem is not None:
+                blockers.append(problem)
+                output_only = False
+    return readers, blockers, output_only and bool(blockers)
+
+
+def _input_shape(bn: _GraphLayer, live_bn: Any) -> tuple[int | None, ...] | None:
+    shape = (bn.entry.get("build_config") or {}).get("input_shape")
+    if shape is None:
+        try:
+            shape = live_bn.input.shape
+        except (AttributeError, ValueError):
+            return None
+    return tuple(None if dim is None else int(dim) for dim in shape)
+
+
+def _feature_affine(
+    model: Any,
+    graph: _ModelGraph,
+    bn: _GraphLayer,
+    axis: int,
+    affine: ScaleShift,
+    reader: _GraphLayer,
+    via: list[str],
+) -> ScaleShift | _Declined:
+    """``(s, t)`` per input channel of ``reader``. Through layout layers the channel of every
+    element is proven from static shapes: an array holding each element's BN channel (one
+    sample) is run through the same layers, and every input channel of ``reader`` must then
+    hold one BN channel."""
+    rule = rule_for(reader.class_name)
+    assert rule is not None
+    data_format = reader.layer_config.get("data_format")
+    live_bn = model.get_layer(bn.name)
+    shape = _input_shape(bn, live_bn) or ()
+    layout = [name for name in via if graph.layers[name].class_name in _LAYOUT_LAYERS]
+    if not layout:
+        reader_axis = rule.channel_axis(data_format, len(shape))
+        if axis != reader_axis:
+            return _Declined(
+                Reason.CHANNEL_MISMATCH,
+                f"normalises axis {axis}; {_describe(reader)} reads channels on axis {reader_axis}",
+                near=True,
+            )
+        return affine
+    dims = shape[1:]
+    if any(dim is None for dim in dims) or affine.channels >= 2**24:
+        return _Declined(
+            Reason.UNPROVEN_LAYOUT,
+            f"its input shape {list(shape)} is not static, so its channels cannot be followed "
+            f"through {_describe(graph.layers[layout[0]])}",
+            near=True,
+        )
+    keras, _ = _import_keras()
+    static = tuple(int(dim) for dim in dims if dim is not None)
+    ids = np.broadcast_to(
+        along_axis(np.arange(affine.channels, dtype=np.float64), axis - 1, len(static)), static
+    )
+    for name in layout:
+        moved = model.get_layer(name)(ids[None].astype(np.float32))
+        ids = np.asarray(keras.ops.convert_to_numpy(moved), dtype=np.float64)[0]
+    reader_axis = rule.channel_axis(data_format, ids.ndim + 1) - 1
+    rows = np.moveaxis(ids, reader_axis, -1).reshape(-1, ids.shape[reader_axis])
+    if not np.all(rows == rows[:1]):
+        return _Declined(
+            Reason.CHANNEL_MISMATCH,
+            f"after {', '.join(layout)} an input channel of {_describe(reader)} mixes "
+            "several BN channels",
+            near=True,
+        )
+    index = rows[0].astype(np.int64)
+    return ScaleShift(affine.scale[index], affine.shift[index])
+
+
+def _spatial(value: Any, count: int) -> list[int]:
+    if value is None:
+        return [1] * count
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)] * count
+
+
+def _uneven_reach(rule: KerasLinearRule, settings: dict[str, Any], kernel: np.ndarray) -> str:
+    """Why the BN shift cannot become a bias of this layer (it reads padding zeros, or output
+    positions get different numbers of kernel taps), or "" when it can."""
+    if rule is DENSE:
+        return ""
+    spatial = list(kernel.shape[:-2])
+    if rule is CONV_TRANSPOSE:
+        strides = _spatial(settings.get("strides"), len(spatial))
+        output_padding = _spatial(settings.get("output_padding") or 0, len(spatial))
+        if any(k != 1 for k in spatial):
+            why = f"kernel {spatial}"
+        elif any(stride != 1 for stride in strides):
+            why = f"strides {strides}"
+        elif any(pad != 0 for pad in output_padding):
+            why = f"output_padding {output_padding}"
+        else:
+            return ""
+        return (
+            f"{why}, so output positions receive different numbers of kernel taps and the BN "
+            "shift cannot become a bias"
+        )
+    padding = str(settings.get("padding", "valid")).lower()
+    dilation = _spatial(settings.get("dilation_rate"), len(spatial))
+    extent = [(k - 1) * d + 1 for k, d in zip(spatial, dilation, strict=True)]
+    if padding == "valid" or all(e == 1 for e in extent):
+        return ""
+    return (
+        f"pads its input with zeros (padding='{padding}', kernel {spatial}), which the BN "
+        "shift would not reach"
+    )
+
+
+def _forward_into(
+    reader: _GraphLayer, weights: list[np.ndarray], affine: ScaleShift
+) -> list[np.ndarray] | _Declined:
+    """``reader``'s weights with ``affine`` (one ``(s, t)`` per input channel) folded in."""
+    rule = rule_for(reader.class_name)
+    assert rule is not None
+    settings = reader.layer_config
+    if settings.get("lora_rank"):
+        return _Declined(Reason.UNSUPPORTED_LAYER, f"{_describe(reader)} has LoRA weights", True)
+    kernel = weights[rule.forward_kernel_index]
+    if settings.get("quantization_config") or not np.issubdtype(kernel.dtype, np.floating):
+        return _Declined(
+            Reason.UNSUPPORTED_DTYPE, f"{_describe(reader)} has {kernel.dtype} (quantised) weights"
+        )
+    groups = int(settings.get("groups") or 1) if rule is CONV else 1
+    channels = rule.input_channels(weights, groups)
+    if affine.channels != channels:
+        return _Declined(
+            Reason.CHANNEL_MISMATCH,
+            f"has {affine.channels} channels, {_describe(reader)} reads {channels}",
+        )
+    if not affine.has_zero_shift and (why := _uneven_reach(rule, settings, kernel)):
+        return _Declined(Reason.PADDING, f"{_describe(reader)} {why}")
+    try:
+        return rule.fold_before(weights, bool(settings.get("use_bias", True)), affine, groups)
+    except FoldArithmeticError as error:
+        return _Declined(Reason.DTYPE_RANGE, f"{_describe(reader)}: {error}")
+
+
+def _forward_fold(
+    model: Any, graph: _ModelGraph, bn: _GraphLayer, new_weights: dict[str, list[np.ndarray]]
+) -> _ForwardFold | _Declined:
+    """``bn`` folded into EVERY layer that reads it, or why not (``near`` when a linear layer
+    reads it, so that the forward reason is the one to report)."""
+    if bn.calls != 1 or len(set(bn.inputs)) != 1:
+        return _Declined(Reason.UNSUPPORTED_LAYER, "is not called once on one input")
+    live_bn = model.get_layer(bn.name)
+    axes = bn.layer_config.get("axis", -1)
+    axes = list(axes) if isinstance(axes, list | tuple) else [axes]
+    rank = _input_rank(bn, live_bn)
+    if rank == 0:
+        return _Declined(Reason.UNPROVEN_LAYOUT, "its input shape is unknown")
+    if len(axes) != 1 or int(axes[0]) % rank == 0:
+        return _Declined(Reason.CHANNEL_MISMATCH, f"normalises axis {axes}")
+    try:
+        affine = keras_batchnorm_affine(
+            _batchnorm_parameters(live_bn), float(bn.layer_config.get("epsilon", 1e-3))
+        )
+    except FoldArithmeticError as error:
+        return _Declined(Reason.INVALID_PARAMS, str(error))
+    readers, blockers, output_only = _walk_forward(graph, bn)
+    if blockers or not readers:
+        reason = Reason.GRAPH_OUTPUT if output_only else Reason.CONSUMER_NOT_FOLDABLE
+        return _Declined(reason, "; ".join(blockers) or "nothing reads it", bool(readers))
+    plan = _ForwardFold()
+    for reader, via in readers:
+        features = _feature_affine(model, graph, bn, int(axes[0]) % rank, affine, reader, via)
+        if isinstance(features, _Declined):
+            return features
+        weights = new_weights.get(reader.name) or [
+            np.asarray(w) for w in model.get_layer(reader.name).get_weights()
+        ]
+        folded = _forward_into(reader, weights, features)
+        if isinstance(folded, _Declined):
+            return _Declined(folded.reason, folded.detail, near=True)
+        plan.targets.append(reader.name)
+        plan.via.extend(name for name in via if name not in plan.via)
+        plan.weights[reader.name] = folded
+        if not reader.layer_config.get("use_bias", True):
+            plan.gained_bias.append(reader.name)
+    return plan
+
+
+def _fold_forward(
+    model: Any,
+    graph: _ModelGraph,
+    entries: list[FoldEntry],
+    new_weights: dict[str, list[np.ndarray]],
+) -> None:
+    """Fold the BNs the backward pass left forward, into every layer that reads them, and
+    rewrite their entries. Repeated until nothing changes: removing ``BN -> BN``'s second BN
+    gives the first a linear reader."""
+    pending = {
+        entry.name: index
+        for index, entry in enumerate(entries)
+        if entry.outcome is Outcome.LEFT and entry.name in graph.layers
+    }
+    declined: dict[str, _Declined] = {}
+    progress = True
+    while pending and progress:
+        progress = False
+        for name, index in list(pending.items()):
+            outcome = _forward_fold(model, graph, graph.layers[name], new_weights)
+            if isinstance(outcome, _Declined):
+                declined[name] = outcome
+                continue
+            for target, weights in outcome.weights.items():
+                new_weights[target] = weights
+                graph.layers[target].layer_config["use_bias"] = True
+            graph.bypass(name)
+            entries[index] = FoldEntry(
+                name,
+                [_BATCHNORM],
+                Outcome.FOLDED_INTO_NEXT,
+                target=outcome.targets,
+                via=outcome.via,
+                detail="; ".join(f"'{target}' gained a bias" for target in outcome.gained_bias),
+            )
+            del pending[name]
+            progress = True
+    for name, index in pending.items():
+        forward, entry = declined[name], entries[index]
+        if forward.near:
+            entry.reason = forward.reason
+            entry.detail = f"{forward.detail} (backward: {entry.detail})"
+        elif forward.reason in (Reason.CONSUMER_NOT_FOLDABLE, Reason.GRAPH_OUTPUT):
+            entry.detail = f"{entry.detail}; forward: {forward.detail}"
+
+
 def _nested_batchnorms(model: Any) -> Iterator[tuple[str, str]]:
     """``(bn name, nested model name)`` for every BN inside a model used as a layer."""
     for layer in model.layers:
@@ -702,6 +1025,7 @@ def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
                 detail="; ".join(details),
             )
         )
+    _fold_forward(model, graph, entries, new_weights)
     for bn_name, nested in _nested_batchnorms(model):
         entries.append(
             FoldEntry(
