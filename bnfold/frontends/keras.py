@@ -660,13 +660,15 @@ def _is_keras_layer(layer: _GraphLayer) -> bool:
 
 def _walk_forward(
     graph: _ModelGraph, bn: _GraphLayer
-) -> tuple[list[tuple[_GraphLayer, list[str]]], list[str], bool]:
+) -> tuple[list[tuple[_GraphLayer, list[str]]], list[str], bool, bool]:
     """Every layer that reads ``bn``'s output, looking through identity (Dropout...) and
     layout (Flatten, Reshape, Permute) layers, with the layers in between; what blocks a
-    forward fold; and whether the only blocker is a model output."""
+    forward fold; whether the only blocker is a model output; whether a linear layer reads it
+    (foldable or not)."""
     readers: list[tuple[_GraphLayer, list[str]]] = []
     blockers: list[str] = []
     output_only = True
+    near = False  # a linear layer reads it, foldable or not
     pending: list[tuple[_GraphLayer, list[str]]] = [(bn, [])]
     while pending:
         current, via = pending.pop(0)
@@ -680,6 +682,7 @@ def _walk_forward(
             consumer = graph.layers[name]
             reads = current.consumers.count(name)
             problem = None
+            near = near or rule_for(consumer.class_name) is not None
             if consumer.calls != 1:
                 problem = f"{_describe(consumer)} is a shared layer called {consumer.calls} times"
             elif reads != 1:
@@ -695,7 +698,7 @@ def _walk_forward(
             if problem is not None:
                 blockers.append(problem)
                 output_only = False
-    return readers, blockers, output_only and bool(blockers)
+    return readers, blockers, output_only and bool(blockers), near
 
 
 def _input_shape(bn: _GraphLayer, live_bn: Any) -> tuple[int | None, ...] | None:
@@ -853,10 +856,10 @@ def _forward_fold(
         )
     except FoldArithmeticError as error:
         return _Declined(Reason.INVALID_PARAMS, str(error))
-    readers, blockers, output_only = _walk_forward(graph, bn)
+    readers, blockers, output_only, near = _walk_forward(graph, bn)
     if blockers or not readers:
         reason = Reason.GRAPH_OUTPUT if output_only else Reason.CONSUMER_NOT_FOLDABLE
-        return _Declined(reason, "; ".join(blockers) or "nothing reads it", bool(readers))
+        return _Declined(reason, "; ".join(blockers) or "nothing reads it", near)
     plan = _ForwardFold()
     for reader, via in readers:
         features = _feature_affine(model, graph, bn, int(axes[0]) % rank, affine, reader, via)
