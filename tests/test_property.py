@@ -398,3 +398,21 @@ def test_chain_after_a_batchnorm_folded_in_the_same_pass() -> None:
     assert result is not None
     outcomes = {entry.ops[0]: entry.outcome.value for entry in result.entries}
     assert outcomes["BatchNormalization"] == "folded_into_previous"
+
+
+def test_scalar_affine_through_a_reshape_after_matmul() -> None:
+    """Found by the property run: ``MatMul -> Reshape [..., N, 1] -> Sub(scalar) ->
+    Mul(scalar)``. The fold wrote the shift as an ``[N]`` vector on the last axis, which is
+    1 after the Reshape, so the new bias Add broadcast the output to ``[..., N, N]``."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder(np.float32, [2, 3, 6, 3], input_shape=[2, 3, 6, 3])
+    g.add("MatMul", [g.current, g.const("w", rng.normal(size=(3, 5)))])
+    g.add("Reshape", [g.current, g.const("shape", np.array([2, 3, 6, 5, 1]), np.int64)])
+    g.add("Sub", [g.current, g.const("k", np.array(0.75))])
+    g.add("Mul", [g.current, g.const("k", np.array(-1.5))])
+    proto = g.model()
+    onnx.checker.check_model(proto, full_check=True)
+    result = check_fold(proto)
+    assert result is not None and result.model is not None
+    assert [entry.outcome.value for entry in result.entries] == ["folded_into_previous"]
+    assert [node.op_type for node in result.model.graph] == ["MatMul", "Reshape", "Add"]

@@ -54,9 +54,14 @@ class MatMulThenAffine(BackwardRule):
         # The shift goes back where the chain was, shaped along the chain's channel axis.
         resolved = chain.resolve(chain_rank)
         assert not isinstance(resolved, Skip)
-        axis = resolved[1] if resolved[1] is not None else chain_rank - 1
-        # e.g. [C, 1, 1] for axis 1 of a rank-4 tensor.
-        shift = cast_like(along_axis(affine.shift, 0, chain_rank - axis), layer.weight)
+        if resolved[1] is None:
+            # Scalars only: the shift is one number. Layout ops may have moved the channels
+            # off the last axis (a Reshape to [..., N, 1]), so it must not be shaped [N].
+            shift = cast_like(affine.shift[:1], layer.weight)
+        else:
+            # e.g. [C, 1, 1] for axis 1 of a rank-4 tensor.
+            axis = resolved[1]
+            shift = cast_like(along_axis(affine.shift, 0, chain_rank - axis), layer.weight)
         label = node_label(layer.node)
         set_constant_input(
             context.graph, layer.node, 1, new_weight, context.names, f"{label}_bnfold"
