@@ -9,7 +9,6 @@ The only module that prints or sets exit codes (docs/user-guide.md lists them):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -77,7 +76,9 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
 
 
 def _emit_json(document: dict[str, Any]) -> None:
-    click.echo(json.dumps(document, indent=2, default=str))
+    from bnfold.report import json_text
+
+    click.echo(json_text(document))
 
 
 debug_option = click.option(

@@ -623,11 +623,27 @@ def render_html(document: dict[str, Any]) -> str:
 REPORT_SUFFIXES = (".json", ".md", ".html")
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def json_text(document: dict[str, Any]) -> str:
+    """Strict JSON: an error that is not finite (a shape mismatch, NaN in one model only)
+    is written as null, since ``Infinity`` and ``NaN`` are not JSON."""
+    return json.dumps(_finite_or_null(document), indent=2, default=str, allow_nan=False)
+
+
 def render_report(document: dict[str, Any], suffix: str) -> str:
     """The report file's text for a suffix in ``REPORT_SUFFIXES``."""
     suffix = suffix.lower()
     if suffix == ".json":
-        return json.dumps(document, indent=2, default=str) + "\n"
+        return json_text(document) + "\n"
     if suffix == ".md":
         return render_markdown(document)
     if suffix in (".html", ".htm"):

@@ -184,3 +184,28 @@ def test_check_command_exits_1_when_outputs_differ(tmp_path):
     assert document["check"]["passed"] is False
     assert document["check"]["max_rel"] > 1e-3
     assert "differs from" in stderr
+
+
+def test_json_is_strict_when_an_error_is_not_finite(tmp_path):
+    """Outputs of different shapes have no finite error: JSON says null, not Infinity."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from bnfold.testing import make_model
+
+    paths = []
+    for width in (4, 5):
+        weight = np.ones((3, width), np.float32)
+        model = make_model(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            [("x", TensorProto.FLOAT, ["N", 3])],
+            ["y"],
+            {"w": weight},
+        )
+        paths.append(tmp_path / f"width{width}.onnx")
+        onnx.save(model, paths[-1])
+    code, stdout, _ = run("check", str(paths[0]), str(paths[1]), "--json")
+    assert code == 1
+    assert "Infinity" not in stdout
+    output = json.loads(stdout)["check"]["outputs"][0]
+    assert output["max_abs"] is None and "shape" in output["detail"]
