@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from bnfold._version import __version__
-from bnfold.api import check, fold, inspect, save
+from bnfold.api import BenchResult, benchmark, check, fold, inspect, save
 from bnfold.comparison import CheckResult
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, OutputError, UsageError
 from bnfold.fold import FoldResult, fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
 
 __all__ = [
+    "BenchResult",
     "BnfoldError",
     "CheckFailedError",
     "CheckResult",
@@ -21,6 +22,7 @@ __all__ = [
     "Reason",
     "UsageError",
     "__version__",
+    "benchmark",
     "check",
     "fold",
     "fold_model",

@@ -12,9 +12,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 import onnx
@@ -32,6 +33,7 @@ from bnfold.fold import FoldResult, fold_model
 from bnfold.foldlog import FoldEntry
 from bnfold.frontends.onnx import (
     ONNX_SUFFIXES,
+    annotate_shapes,
     atomic_folder,
     has_external_tensors,
     infer_shapes,
@@ -41,6 +43,10 @@ from bnfold.frontends.onnx import (
     save_onnx,
 )
 from bnfold.specs import InputSpec
+
+if TYPE_CHECKING:
+    from bnfold.check.latency import LatencyResult
+    from bnfold.sizes import SizeComparison
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # What to do when the check cannot run the original (custom ops, invalid parameters).
@@ -151,6 +157,8 @@ def fold(
     started = time.perf_counter()
     with contextlib.ExitStack() as scratch:
         ir_model, reference = _reference_source(model, check, scratch)
+        if not isinstance(model, str | os.PathLike):
+            annotate_shapes(ir_model)  # a loaded file got its shapes in load_onnx
         loaded = time.perf_counter()
         feeds, description = (
             _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
@@ -366,4 +374,116 @@ def save(model: ir.Model, path: str | os.PathLike[str]) -> None:
     save_onnx(model, path)
 
 
-__all__ = ["CheckResult", "FoldResult", "check", "fold", "inspect", "save"]
+@dataclass
+class BenchResult:
+    """What ``benchmark`` measured: the in-memory fold (when no folded model was given), the
+    equivalence check (``None`` without it), sizes before and after, and the latency."""
+
+    fold: FoldResult | None
+    check: CheckResult | None
+    sizes: SizeComparison
+    latency: LatencyResult
+
+
+def keras_as_onnx(path: str | os.PathLike[str], allow_unsafe: bool) -> ir.Model:
+    """The unfolded Keras model converted to ONNX: the baseline a Keras fold is timed against."""
+    from bnfold.frontends import keras as keras_frontend
+
+    loaded = keras_frontend.load_keras_model(Path(path), allow_unsafe=allow_unsafe)
+    return keras_frontend.keras_to_onnx(loaded)
+
+
+def benchmark(
+    model: ModelInput,
+    folded: ModelInput | None = None,
+    *,
+    levels: Sequence[str] = ("all", "disable"),
+    runs: int = 50,
+    warmup: int = 5,
+    time_budget_s: float | None = None,
+    threads: int = 1,
+    batch: int = 1,
+    provider: str = "CPUExecutionProvider",
+    samples: int = 1,
+    seed: int = 0,
+    check: bool = True,
+    allow_unsafe: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Time ``model`` against ``folded`` in onnxruntime, interleaved, at each of ``levels``
+    (``"all"``: what users deploy, ``"disable"``: a runtime without fusions).
+
+    Without ``folded``, ``model`` is folded in memory first; a Keras model is then timed as
+    tf2onnx converts it unfolded. With ``check`` both run on ``samples`` seeded input sets
+    (and against a float64 reference where onnxruntime can run one) before timing.
+    ``progress`` gets 1 per timed pair.
+    """
+    from bnfold.check.equivalence import detailed_check
+    from bnfold.check.latency import benchmark as time_models
+    from bnfold.check.latency import benchmark_shapes
+    from bnfold.sizes import compare_sizes
+
+    result: FoldResult | None = None
+    candidate: ModelSource
+    if folded is None:
+        result = fold(model, check=False, allow_unsafe=allow_unsafe)
+        assert result.model is not None
+        candidate = result.model
+        names = (_label(model), "folded in memory")
+    else:
+        if isinstance(folded, str | os.PathLike):
+            load_onnx(folded)  # one clear line for a file that is not a model
+        candidate = (
+            folded if not isinstance(folded, onnx.ModelProto) else folded.SerializeToString()
+        )
+        names = (_label(model), _label(folded))
+    baseline: ir.Model | str
+    if _is_keras_path(model):
+        assert isinstance(model, str | os.PathLike)
+        baseline = keras_as_onnx(model, allow_unsafe)
+    elif isinstance(model, str | os.PathLike):
+        baseline = str(model)
+    else:
+        baseline = _reference_source(model, False, contextlib.ExitStack())[0]
+    base_model = load_onnx(baseline) if isinstance(baseline, str) else baseline
+    specs = input_specs(base_model)
+    checked = None
+    if check:
+        checked = detailed_check(
+            baseline,
+            candidate,
+            specs,
+            samples=samples,
+            seed=seed,
+            shapes=benchmark_shapes(specs, batch),
+        )
+    sizes = compare_sizes(base_model, candidate)
+    latency = time_models(
+        baseline,
+        candidate,
+        specs,
+        levels=levels,
+        threads=threads,
+        batch=batch,
+        provider=provider,
+        warmup=warmup,
+        runs=runs,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        baseline_name=names[0],
+        candidate_name=names[1],
+        progress=progress,
+    )
+    return BenchResult(result, checked, sizes, latency)
+
+
+__all__ = [
+    "BenchResult",
+    "CheckResult",
+    "FoldResult",
+    "benchmark",
+    "check",
+    "fold",
+    "inspect",
+    "save",
+]

@@ -373,6 +373,7 @@ def _fold_extras(
     For Keras input the check stays the fold's own (the reference is the Keras model)."""
     if not bench and report_path is None:
         return {}
+    from bnfold import api
     from bnfold.check import equivalence
     from bnfold.frontends.onnx import input_specs
     from bnfold.sizes import compare_sizes
@@ -383,7 +384,7 @@ def _fold_extras(
     specs = input_specs(result.model)
     baseline: Any = model
     if not _is_onnx(model):
-        baseline = _keras_as_onnx(model, allow_unsafe)
+        baseline = api.keras_as_onnx(model, allow_unsafe)
         specs = input_specs(baseline)
     extras["sizes"] = compare_sizes(baseline, result.model)
     if result.check is not None and _is_onnx(model):
@@ -549,60 +550,45 @@ def bench_command(
     Exits 1 when FOLDED does not compute the same function as MODEL.
     """
     from bnfold import api, report
-    from bnfold.check import equivalence
-    from bnfold.frontends.onnx import input_specs, load_onnx
-    from bnfold.sizes import compare_sizes
 
-    settings = {
-        "runs": runs,
-        "warmup": warmup,
-        "time_budget": time_budget,
-        "threads": threads,
-        "batch": batch,
-        "provider": provider,
-        "level": level,
-        "seed": seed,
-    }
+    levels = LEVEL_CHOICES[level]
 
     def action() -> None:
-        result = None
-        if folded is None:
-            result = api.fold(model, check=False, allow_unsafe=allow_unsafe)
-            assert result.model is not None
-            candidate: Any = result.model
-            baseline: Any = model if _is_onnx(model) else _keras_as_onnx(model, allow_unsafe)
-            names = (model, "folded in memory")
-        else:
-            baseline, candidate = model, folded
-            load_onnx(folded)  # one clear line for a file that is not a model
-            names = (model, folded)
-        base_model = load_onnx(model) if isinstance(baseline, str) else baseline
-        specs = input_specs(base_model)
-        check = None
-        if not no_check:
-            check = equivalence.detailed_check(
-                baseline,
-                candidate,
-                specs,
+        with _progress(runs * len(levels), "Timing (interleaved)") as progress:
+            measured = api.benchmark(
+                model,
+                folded,
+                levels=levels,
+                runs=runs,
+                warmup=warmup,
+                time_budget_s=time_budget,
+                threads=threads,
+                batch=batch,
+                provider=provider,
                 samples=samples,
                 seed=seed,
-                shapes=_bench_shapes(specs, batch),
+                check=not no_check,
+                allow_unsafe=allow_unsafe,
+                progress=progress,
             )
-        sizes = compare_sizes(base_model, candidate)
-        timing = _measure(baseline, candidate, specs, settings, names)
+        result, check = measured.fold, measured.check
         document = report.result_document(
             result,
             source=model,
             candidate=folded,
             check=check,
-            sizes=sizes,
-            latency=timing,
+            sizes=measured.sizes,
+            latency=measured.latency,
             command="bench",
         )
         if as_json:
             _emit_json(document)
         else:
-            click.echo(report.format_report(result, check=check, sizes=sizes, latency=timing))
+            click.echo(
+                report.format_report(
+                    result, check=check, sizes=measured.sizes, latency=measured.latency
+                )
+            )
         if report_path is not None:
             _write_report(report_path, document)
         if check is not None and not check.passed:
@@ -611,21 +597,6 @@ def bench_command(
             )
 
     _run(debug, action)
-
-
-def _bench_shapes(specs: Any, batch: int) -> dict[str, tuple[int, ...]]:
-    from bnfold.check.latency import benchmark_shapes
-
-    return benchmark_shapes(specs, batch)
-
-
-def _keras_as_onnx(path: str, allow_unsafe: bool) -> Any:
-    """The unfolded Keras model converted to ONNX: the baseline a Keras fold is timed against."""
-    from bnfold.frontends import keras as keras_frontend
-
-    return keras_frontend.keras_to_onnx(
-        keras_frontend.load_keras_model(Path(path), allow_unsafe=allow_unsafe)
-    )
 
 
 def main() -> None:

@@ -330,6 +330,24 @@ def add_inferred_shapes(proto: onnx.ModelProto) -> None:
     )
 
 
+def annotate_shapes(model: ir.Model) -> None:
+    """Give the values of an in-memory model the shapes ONNX shape inference finds, in place,
+    where they have none (a loaded file gets them in ``load_onnx``). A model too large to
+    serialise is left as it is: its folds through Reshape/Flatten may then stay unproven."""
+    if needs_external_data(model):
+        return
+    proto = ir.serde.serialize_model(model)
+    before = len(proto.graph.value_info)
+    add_inferred_shapes(proto)
+    values = {value.name: value for value in model.graph.inputs}
+    for node in model.graph:
+        values.update((value.name, value) for value in node.outputs)
+    for info in list(proto.graph.value_info)[before:]:
+        value = values.get(info.name)
+        if value is not None and value.shape is None:
+            ir.serde.deserialize_value_info_proto(info, value)
+
+
 def infer_shapes(model: ir.Model) -> ir.Model:
     """The model with inferred shapes on every value (for converters that write none)."""
     proto = ir.serde.serialize_model(model)
