@@ -23,10 +23,12 @@ def documented_commands() -> list[str]:
     return [line for line in lines if line.startswith("bnfold ")]
 
 
-def test_page_documents_the_two_everyday_commands() -> None:
+def test_page_documents_the_everyday_and_forward_fold_commands() -> None:
     assert documented_commands() == [
         "bnfold models/iris_mlp.h5 -o folded.onnx",
         "bnfold models/small_cnn.keras -o folded.keras",
+        "bnfold models/iris_mlp.h5 -o folded.keras",
+        "bnfold models/flatten_bn_classifier.keras -o folded.keras",
     ]
 
 

@@ -9,7 +9,11 @@ ConvNDTranspose) with a ``linear`` activation, on that layer's channel axis, is 
 backward (``W' = W * s`` along the output-channel axis, ``b' = s*b + t``, see
 ``bnfold.rules.keras_layers``). The model is rebuilt from its config with the folded BN
 layers removed and their consumers rewired to the linear layer; every other layer keeps its
-weights. Every BN gets a ``FoldEntry``.
+weights. A BN the backward pass leaves is then folded forward into EVERY linear layer that reads
+it (``W'`` scaled along the input-channel axis, ``b' = b + W.t``), looking through identity
+layers (Dropout...) and layout layers (Flatten, Reshape, Permute, with the channel of every
+element proven from static shapes); a reader that pads with zeros (or a strided or wide
+transposed conv) takes it only when ``t == 0``. Every BN gets a ``FoldEntry``.
 """
 
 from __future__ import annotations
@@ -956,7 +960,7 @@ def _rebuild(model: Any, config: dict[str, Any], has_lambda: bool) -> Any:
 
 def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
     """A new Keras model with every foldable BatchNormalization folded into the linear layer
-    before it, and one ``FoldEntry`` per BN.
+    before it (or, failing that, into the linear layers after it), and one ``FoldEntry`` per BN.
 
     The new model has the same inputs and outputs and their names: a folded BN that was a model
     output hands its name to the layer it was folded into.
