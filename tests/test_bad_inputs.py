@@ -486,7 +486,10 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=[pytest.mark.keras] if CASES[name].keras else []) for name in CASES],
+)
 def test_bad_input(name: str, tmp_path: Path, keras_files_lazy: Callable[[], dict[str, Path]]):
     case = CASES[name]
     rng = np.random.default_rng(0)
@@ -529,6 +532,7 @@ def test_training_mode_output_is_a_byte_copy(tmp_path: Path):
     assert out.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.keras
 def test_keras_lambda_names_the_layer_and_the_flag(tmp_path: Path, keras_files: dict[str, Path]):
     code, _, stderr = run(str(keras_files["lambda.keras"]), "-o", str(tmp_path / "f.onnx"))
     assert code == 3
