@@ -376,6 +376,24 @@ def test_keras_to_onnx_matches_and_reports_each_bn_once(
             assert (onnx_entry.outcome, onnx_entry.stage) == (entry.outcome, "keras")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["bn_flatten_dense_channels_first", "separable_conv2d_valid_without_bias", "bn_bn_dense"],
+)
+def test_forward_folded_model_saves_and_loads_as_h5(
+    name: str, folded_cases: dict[str, Folded], tmp_path: Path
+) -> None:
+    result = folded_cases[name]
+    path = tmp_path / "folded.h5"
+    frontend.save_keras_model(result.to_keras.keras_model, path)
+    reloaded = frontend.load_keras_model(path)
+    assert count_batchnorms(reloaded) == 0
+    assert frontend.keras_output_names(reloaded) == frontend.keras_output_names(
+        result.to_keras.keras_model
+    )
+    assert bnfold.check(result.path, path).max_rel <= BOUND
+
+
 def test_padding_refusal_is_folded_by_nothing_else(folded_cases: dict[str, Folded]) -> None:
     """The ONNX engine applies the same padding rule: the BN stays in the ONNX output too."""
     result = folded_cases["conv2d_same_3x3"].to_onnx
