@@ -25,6 +25,7 @@ untouched and no partial output (no OUT, no OUT.data, no ``.bnfold-*`` temporary
 | BN with training_mode=1            | 0    | BN left: training_mode; OUT is a byte copy             |
 | zero variance                      | 0    | folded (epsilon keeps it finite)                       |
 | negative / NaN variance            | 0    | BN left: invalid_params                                |
+| an input too large for random data | 3    | too large for random check inputs; --dim or --inputs   |
 | BN parameters of the wrong length  | 3    | onnxruntime cannot run the model; suggests --no-check  |
 | ... with --no-check                | 0    | BN left: invalid_params                                |
 | unknown custom-domain op           | 3    | onnxruntime cannot run the model; suggests --no-check  |
@@ -392,6 +393,11 @@ def _bad_auto_pad(folder: Path, rng: np.random.Generator, keras: dict[str, Path]
     return path
 
 
+def _huge_input(model: onnx.ModelProto) -> None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 2**20
+
+
 def _gemm_weight_rank(model: onnx.ModelProto) -> None:
     weight = _tensor(model, "fc_w")
     weight.dims[:] = [5, 8, 64]
@@ -444,6 +450,13 @@ CASES: dict[str, Case] = {
     "external-data-too-short": Case(_short_external_data, 3, "external data is shorter"),
     "name-not-utf8": Case(_bad_utf8_bytes, 3, "not valid UTF-8"),
     "attribute-not-utf8": Case(_bad_auto_pad, 3, "attribute auto_pad"),
+    "huge-input-shape": Case(_demo_edit(_huge_input), 3, "too large for random check inputs"),
+    "huge-dim-option": Case(
+        _bytes("demo.onnx", DEMO.read_bytes()),
+        3,
+        "--dim NAME=SIZE",
+        args=("--dim", "batch=10000000000"),
+    ),
     "gemm-weight-rank": Case(_demo_edit(_gemm_weight_rank), 3, ASK_NO_CHECK),
     "gemm-weight-rank-no-check": Case(
         _demo_edit(_gemm_weight_rank),

@@ -31,6 +31,9 @@ DEFAULT_BATCH = 2
 DEFAULT_DYNAMIC = 16
 
 ModelSource = ir.Model | str | os.PathLike[str] | bytes
+# Random inputs are drawn in float64; one larger than this is a shape no check should need
+# (a corrupt dimension, or a --dim typo), not a reason to exhaust the machine's memory.
+RANDOM_INPUT_LIMIT_BYTES = 2 * 2**30
 
 
 def concrete_shape(spec: InputSpec, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
@@ -60,6 +63,12 @@ def random_inputs(
     for spec in specs:
         shape = tuple((shapes or {}).get(spec.name, concrete_shape(spec, dims)))
         dtype = np.dtype(spec.dtype)
+        size = int(np.prod(shape, dtype=np.float64)) * max(dtype.itemsize, 8)
+        if size > RANDOM_INPUT_LIMIT_BYTES:
+            raise InputError(
+                f"input {spec.name} of shape {list(shape)} is too large for random check inputs "
+                f"({size / 2**30:.3g} GiB); give smaller sizes with --dim NAME=SIZE, or --inputs"
+            )
         if dtype.kind == "f" or dtype.name == "bfloat16":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":
