@@ -225,7 +225,10 @@ def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
     with atomic_folder(path) as scratch:
         staged = scratch / path.name
         frontend.save_keras_model(keras_model, staged)
-        os.replace(staged, path)
+        try:
+            os.replace(staged, path)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
 def _onnx_entries_of_layer(layer: str, entries: list[FoldEntry]) -> list[FoldEntry]:

@@ -772,3 +772,26 @@ def test_model_over_the_inline_limit_is_checked_and_written_with_external_data(
     }
     assert "fc_w" in external  # tensors over 256 bytes; the small ones stay inline
     assert bnfold.check(pytorch_style_model(np.random.default_rng(0)), tmp_path / "out.onnx").passed
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("suffix", [".keras", ".onnx"])
+def test_keras_input_write_failure_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keras_files: dict[str, Path], suffix: str
+):
+    out = tmp_path / "out" / f"folded{suffix}"
+    out.parent.mkdir()
+    real_replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    before = keras_files["plain.keras"].read_bytes()
+    code, _, stderr = run(str(keras_files["plain.keras"]), "-o", str(out))
+    assert code == 4, stderr
+    assert_error_line(stderr, "No space left on device")
+    assert list(out.parent.iterdir()) == []
+    assert keras_files["plain.keras"].read_bytes() == before
