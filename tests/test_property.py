@@ -54,6 +54,7 @@ class GraphBuilder:
     description: list[str] = field(default_factory=list)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)
+    overridable: list[str] = field(default_factory=list)  # initializers also graph inputs
 
     @property
     def elem(self) -> int:
@@ -82,7 +83,16 @@ class GraphBuilder:
         graph = helper.make_graph(
             self.nodes,
             "random",
-            [helper.make_tensor_value_info("x", self.elem, self.input_shape)],
+            [helper.make_tensor_value_info("x", self.elem, self.input_shape)]
+            + [
+                helper.make_tensor_value_info(
+                    name,
+                    helper.np_dtype_to_tensor_dtype(self.inits[name].dtype),
+                    self.inits[name].shape,
+                )
+                for name in self.overridable
+                if final
+            ],
             [helper.make_tensor_value_info(self.current, self.elem, self.shape if final else None)]
             + [
                 helper.make_tensor_value_info(name, self.elem, self.shapes[name])
@@ -268,6 +278,29 @@ def draw_linear(draw: Any, g: GraphBuilder) -> None:
     }[kind](draw, g)
 
 
+def draw_twin(draw: Any, g: GraphBuilder, linear: onnx.NodeProto) -> None:
+    """A second node like ``linear`` that reads the same input and the same weight, with an
+    affine of its own, added to the current value when the shapes agree: a shared weight must
+    be copied before one of the two folds changes it."""
+    twin = g.fresh("twin")
+    g.nodes.append(
+        helper.make_node(
+            linear.op_type, list(linear.input), [twin], name=twin, domain=linear.domain
+        )
+    )
+    g.nodes[-1].attribute.extend(linear.attribute)
+    g.shapes[twin] = g.shapes[linear.output[0]]
+    main, main_shape = g.current, g.shape
+    g.current, g.shape = twin, g.shapes[twin]
+    draw_affine(draw, g)
+    if g.shape == main_shape:
+        g.add("Add", [main, g.current])
+    else:
+        g.extra_outputs.append(g.current)
+        g.current, g.shape = main, main_shape
+    g.description.append(f"twin of {linear.name}")
+
+
 @st.composite
 def random_graphs(draw: Any) -> tuple[onnx.ModelProto, str]:
     dtype = draw(st.sampled_from(DTYPES))
@@ -280,9 +313,14 @@ def random_graphs(draw: Any) -> tuple[onnx.ModelProto, str]:
             g.add("Relu", [g.current])
         draw_affines(draw, g, 2)
         draw_linear(draw, g)
+        linear = g.nodes[-1] if g.nodes[-1].op_type != "Add" else g.nodes[-2]
         for _ in range(draw(st.integers(0, 2))):
             draw_layout(draw, g)
         draw_affines(draw, g, 3)
+        if draw(st.integers(0, 3)) == 0:
+            draw_twin(draw, g, linear)
+        if draw(st.integers(0, 7)) == 0:
+            g.overridable.append(linear.input[1])  # its weight can be overridden at run time
     # Intermediate values that are also graph outputs, or read by a second node: a fold must
     # not change what they show.
     for name in draw(st.lists(st.sampled_from(sorted(g.shapes)), max_size=2, unique=True)):
