@@ -795,3 +795,32 @@ def test_keras_input_write_failure_leaves_nothing(
     assert_error_line(stderr, "No space left on device")
     assert list(out.parent.iterdir()) == []
     assert keras_files["plain.keras"].read_bytes() == before
+
+
+def test_overwriting_an_external_data_input_keeps_the_result_model_valid(tmp_path: Path):
+    """OUT is MODEL, weights in MODEL.data: the new data file replaces the one the model's
+    lazy tensors read, so they are pointed at the new file; without that, ``result.model``
+    (what --report and --bench measure) would read the new bytes at the old offsets."""
+    import bnfold
+    from bnfold.check.equivalence import random_inputs, run_model
+    from bnfold.frontends.onnx import input_specs
+
+    original, folder = tmp_path / "original", tmp_path / "work"
+    for where in (original, folder):
+        where.mkdir()
+        onnx.save(
+            onnx.load(MODELS / "tf2onnx_cnn.onnx"),
+            where / "model.onnx",
+            save_as_external_data=True,
+            location="model.onnx.data",
+            size_threshold=100,
+        )
+    result = bnfold.fold(folder / "model.onnx", output=folder / "model.onnx", overwrite_input=True)
+    assert result.model is not None and len(result.folded) == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert bnfold.check(original / "model.onnx", folder / "model.onnx").passed
+    feeds = random_inputs(input_specs(result.model), dims={"unk__0": 2})
+    in_memory = run_model(result.model, feeds)
+    reference = run_model(str(original / "model.onnx"), feeds)
+    for name, values in reference.items():
+        np.testing.assert_allclose(in_memory[name], values, rtol=1e-4, atol=1e-5)

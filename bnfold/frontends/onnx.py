@@ -447,12 +447,44 @@ def save_onnx(
         try:
             if external:
                 ir.save(model, staged, external_data=data_name)
+                overwritten = _reads_from(model, path.parent / data_name)
                 _replace_pair(scratch, staged, path, data_name)
+                if overwritten:
+                    _repoint(model, path)
             else:
                 ir.save(model, staged)
                 os.replace(staged, path)
         except OSError as error:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _external_values(model: ir.Model) -> Iterator[tuple[ir.Value, ir.ExternalTensor]]:
+    for graph in iter_graphs(model.graph):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value, value.const_value
+
+
+def _reads_from(model: ir.Model, data_file: Path) -> bool:
+    """Whether lazy tensors of ``model`` read ``data_file`` (OUT is the input, overwritten)."""
+    target = data_file.resolve()
+    return any(Path(tensor.path).resolve() == target for _, tensor in _external_values(model))
+
+
+def _repoint(model: ir.Model, path: Path) -> None:
+    """The data file the model's lazy tensors read was just replaced by the written one: point
+    them at their place in it, so the model in memory stays the model that was written."""
+    written = ir.load(path)
+    fresh = {
+        name: value.const_value
+        for graph in iter_graphs(written.graph)
+        for name, value in graph.initializers.items()
+    }
+    for value, tensor in _external_values(model):
+        replacement = fresh.get(value.name or "")
+        if replacement is not None:
+            tensor.release()
+            value.const_value = replacement
 
 
 def _replace_pair(scratch: Path, staged: Path, path: Path, data_name: str) -> None:
