@@ -107,6 +107,21 @@ class NameFactory:
         raise AssertionError("unreachable")
 
 
+def add_initializer(
+    graph: ir.Graph, names: NameFactory, array: npt.NDArray[np.generic], name_hint: str
+) -> ir.Value:
+    """A new initializer holding ``array``, under a fresh name based on ``name_hint``."""
+    name = names.fresh(name_hint)
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
+
+
 def set_constant_input(
     graph: ir.Graph,
     node: ir.Node,
@@ -133,14 +148,7 @@ def set_constant_input(
         current.const_value = ir.tensor(array, name=current.name)
         current.shape = ir.Shape(array.shape)
         return
-    name = names.fresh(name_hint)
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
-    )
-    graph.register_initializer(value)
+    value = add_initializer(graph, names, array, name_hint)
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)

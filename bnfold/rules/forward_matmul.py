@@ -16,7 +16,14 @@ import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, fold_before
 from bnfold.foldlog import Reason, Skip
-from bnfold.graph import constant_array, node_label, rank_of, set_constant_input, sole_consumer
+from bnfold.graph import (
+    add_initializer,
+    constant_array,
+    node_label,
+    rank_of,
+    set_constant_input,
+    sole_consumer,
+)
 from bnfold.rules.affines import as_affine_op
 from bnfold.rules.base import FoldContext, cast_like, constant_weight, weight_dtype_skip
 from bnfold.rules.forward import Apply, ForwardLayer, ForwardTarget
@@ -52,14 +59,7 @@ def _insert_bias_add(
     Add, which takes the output's name."""
     output = node.outputs[0]
     readers = list(output.uses())
-    bias_name = context.names.fresh(f"{label}_bias_bnfold")
-    bias_value = ir.Value(
-        name=bias_name,
-        shape=ir.Shape(bias.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
-        const_value=ir.tensor(bias, name=bias_name),
-    )
-    context.graph.register_initializer(bias_value)
+    bias_value = add_initializer(context.graph, context.names, bias, f"{label}_bias_bnfold")
     add = ir.Node("", "Add", [output, bias_value], name=context.names.fresh(f"{label}_bias_add"))
     context.graph.insert_after(node, add)
     added = add.outputs[0]

@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, along_axis
 from bnfold.foldlog import Reason, Skip
-from bnfold.graph import node_label, rank_of, set_constant_input
+from bnfold.graph import add_initializer, node_label, rank_of, set_constant_input
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
@@ -69,14 +69,7 @@ class MatMulThenAffine(BackwardRule):
         if np.all(affine.shift == 0.0):
             return
         last = chain.ops[-1].node
-        bias_name = context.names.fresh(f"{label}_bias_bnfold")
-        bias = ir.Value(
-            name=bias_name,
-            shape=ir.Shape(shift.shape),
-            type=ir.TensorType(ir.DataType.from_numpy(shift.dtype)),
-            const_value=ir.tensor(shift, name=bias_name),
-        )
-        context.graph.register_initializer(bias)
+        bias = add_initializer(context.graph, context.names, shift, f"{label}_bias_bnfold")
         add = ir.Node("", "Add", [chain.input, bias], name=context.names.fresh(f"{label}_bias_add"))
         context.graph.insert_after(last, add)
         # Readers of the chain now read the Add; remove_affine_chain then drops the chain.
