@@ -19,6 +19,7 @@ untouched and no partial output (no OUT, no OUT.data, no ``.bnfold-*`` temporary
 | strides 0 / negative pads          | 3    | must be at least 1 / must not be negative              |
 | initializer dims vs its data       | 3    | N bytes of data for dims [...]                         |
 | initializer of undefined data type | 3    | has no known data type                                 |
+| string initializer with raw data   | 3    | a string tensor with raw or external data              |
 | external data shorter than dims    | 3    | its external data is shorter than its dims need        |
 | a name or string attribute not UTF-8 | 3  | is not valid UTF-8 text                                |
 | Gemm/Conv weight of the wrong rank | 0/3  | left: unsupported_layer (--no-check), else onnxruntime |
@@ -374,6 +375,10 @@ def _undefined_type(model: onnx.ModelProto) -> None:
     _tensor(model, "fc_w").data_type = onnx.TensorProto.UNDEFINED
 
 
+def _string_type(model: onnx.ModelProto) -> None:
+    _tensor(model, "fc_w").data_type = onnx.TensorProto.STRING
+
+
 def _bad_utf8(model: onnx.ModelProto) -> None:
     # protobuf's Python API refuses such a string, so the bytes are edited in place.
     _node(model, "conv").name = "conv\u00e9"
@@ -447,6 +452,7 @@ CASES: dict[str, Case] = {
     ),
     "tensor-size-vs-dims": Case(_demo_edit(_fc_dims), 3, "bytes of data for dims [5, 500]"),
     "tensor-undefined-type": Case(_demo_edit(_undefined_type), 3, "no known data type"),
+    "tensor-string-with-raw-data": Case(_demo_edit(_string_type), 3, "a string tensor"),
     "external-data-too-short": Case(_short_external_data, 3, "external data is shorter"),
     "name-not-utf8": Case(_bad_utf8_bytes, 3, "not valid UTF-8"),
     "attribute-not-utf8": Case(_bad_auto_pad, 3, "attribute auto_pad"),

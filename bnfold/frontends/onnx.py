@@ -113,6 +113,19 @@ def _typed_count_problem(tensor: onnx.TensorProto, expected: int) -> str | None:
     return f"{stored} values for dims {list(tensor.dims)} ({count})"
 
 
+def _string_tensor_problem(tensor: onnx.TensorProto) -> str | None:
+    """Strings live in ``string_data``, one per element; raw or external data cannot hold
+    them."""
+    if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return "a string tensor with raw or external data"
+    count = 1
+    for dim in tensor.dims:
+        count *= max(dim, 0)
+    if len(tensor.string_data) != count:
+        return f"{len(tensor.string_data)} strings for dims {list(tensor.dims)}"
+    return None
+
+
 def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
     """Every initializer holds as many bytes as its dims say: the checker sees only the small
     ones (the skeleton leaves the large ones out), and a mismatch would surface later as a
@@ -121,6 +134,10 @@ def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
     for tensor in proto.graph.initializer:
         if not _known_type(tensor.data_type):
             raise InputError(f"{path}: tensor {tensor.name!r} has no known data type")
+        if tensor.data_type == onnx.TensorProto.STRING:
+            if problem := _string_tensor_problem(tensor):
+                raise InputError(f"{path}: tensor {tensor.name!r}: {problem}")
+            continue
         expected = _expected_bytes(tensor)
         if expected is None:
             continue
