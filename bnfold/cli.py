@@ -308,6 +308,13 @@ def fold_command(
         raise click.BadParameter(
             "--bench times ONNX models; write the folded model as .onnx", param_hint="--bench"
         )
+    if overwrite_input and (bench or report_path) and _same_file(model, output):
+        # Both compare against the input, which the write has replaced by then.
+        raise click.BadParameter(
+            "--bench and --report compare with the input; they cannot go with "
+            "--overwrite-input onto it",
+            param_hint="--overwrite-input",
+        )
 
     def show(result: Any) -> None:
         extras = _fold_extras(
@@ -597,6 +604,10 @@ def bench_command(
             )
 
     _run(debug, action)
+
+
+def _same_file(first: str, second: str) -> bool:
+    return Path(first).resolve() == Path(second).resolve()
 
 
 def main() -> None:

@@ -209,3 +209,13 @@ def test_json_is_strict_when_an_error_is_not_finite(tmp_path):
     assert "Infinity" not in stdout
     output = json.loads(stdout)["check"]["outputs"][0]
     assert output["max_abs"] is None and "shape" in output["detail"]
+
+
+def test_report_cannot_measure_against_an_input_it_overwrites(tmp_path):
+    source = tmp_path / "model.onnx"
+    source.write_bytes(DEMO.read_bytes())
+    for extra in (["--bench"], ["--report", str(tmp_path / "r.json")]):
+        code, _, stderr = run(str(source), "-o", str(source), "--overwrite-input", *extra)
+        assert code == 2 and "--overwrite-input" in stderr
+    assert source.read_bytes() == DEMO.read_bytes()
+    assert not (tmp_path / "r.json").exists()
