@@ -52,16 +52,8 @@ class ScaleShift:
         return ScaleShift(after.scale * self.scale, after.scale * self.shift + after.shift)
 
     @property
-    def is_identity_scale(self) -> bool:
-        return bool(np.all(self.scale == 1.0))
-
-    @property
     def has_zero_shift(self) -> bool:
         return bool(np.all(self.shift == 0.0))
-
-
-def identity() -> ScaleShift:
-    return ScaleShift(np.ones(1), np.zeros(1))
 
 
 def as_float64_vector(values: npt.ArrayLike) -> FloatArray:

@@ -173,15 +173,3 @@ def bypass(graph: ir.Graph, removed_output: ir.Value, replacement: ir.Value) -> 
 
 def remove_nodes(graph: ir.Graph, nodes: list[ir.Node]) -> None:
     graph.remove(nodes, safe=True)
-
-
-def drop_dead_initializers(graph: ir.Graph) -> int:
-    """Remove initializers nothing reads (graph inputs and outputs are kept); returns the count."""
-    dead = [
-        name
-        for name, value in graph.initializers.items()
-        if not list(value.uses()) and not value.is_graph_input() and not value.is_graph_output()
-    ]
-    for name in dead:
-        graph.initializers.pop(name)
-    return len(dead)

@@ -15,7 +15,3 @@ class InputSpec:
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
-
-    @property
-    def is_dynamic(self) -> bool:
-        return any(not isinstance(dim, int) for dim in self.shape)

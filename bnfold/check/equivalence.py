@@ -183,21 +183,6 @@ def run_model(
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 
-def check_models(
-    original: ModelSource,
-    folded: ModelSource,
-    inputs: Mapping[str, npt.NDArray[Any]],
-    *,
-    rtol: float | None = None,
-    atol: float | None = None,
-    description: str = "",
-) -> CheckResult:
-    """Run both models on the same inputs and compare every output of the original."""
-    reference = run_model(original, inputs, label="the original model")
-    candidate = run_model(folded, inputs, label="the folded model")
-    return compare_outputs(reference, candidate, rtol=rtol, atol=atol, inputs=description)
-
-
 # --------------------------------------------------------------------------- float64 reference
 
 _FLOAT_TYPES = frozenset(

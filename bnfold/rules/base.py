@@ -27,7 +27,7 @@ from bnfold.graph import (
     set_constant_input,
     sole_consumer,
 )
-from bnfold.rules.affines import FLOAT_TYPES, AffineChain
+from bnfold.rules.affines import AffineChain
 from bnfold.rules.layout import map_channel_axis
 
 
@@ -212,11 +212,6 @@ def weight_and_bias(
     if isinstance(bias, Skip):
         return bias
     return weight, bias
-
-
-def output_is_float(node: ir.Node) -> bool:
-    dtype = node.outputs[0].dtype
-    return dtype is None or dtype in FLOAT_TYPES
 
 
 def write_weight_and_bias(
