@@ -23,7 +23,7 @@ import onnx_ir as ir
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import compare_outputs
 from bnfold.fold import fold_model
-from bnfold.frontends.keras import _import_keras, keras_to_onnx
+from bnfold.frontends.keras import _import_keras, keras_to_onnx, randomise_batchnorm_statistics
 from bnfold.frontends.onnx import infer_shapes, input_specs
 
 INPUT_SHAPE = (64, 64, 3)
@@ -54,23 +54,6 @@ def small_model(name: str) -> Any:
     return keras.Model(inputs, outputs, name=name)
 
 
-def randomise_batchnorms(model: Any, rng: np.random.Generator) -> int:
-    """Non-trivial inference statistics for every BN layer; returns how many there are."""
-    count = 0
-    for layer in model.layers:
-        if type(layer).__name__ != "BatchNormalization":
-            continue
-        count += 1
-        channels = layer.moving_mean.shape[0]
-        if layer.gamma is not None:
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype(np.float32))
-        if layer.beta is not None:
-            layer.beta.assign(rng.normal(0.0, 0.5, channels).astype(np.float32))
-        layer.moving_mean.assign(rng.normal(0.0, 0.5, channels).astype(np.float32))
-        layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype(np.float32))
-    return count
-
-
 def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
     keras, _ = _import_keras()
     rng = np.random.default_rng(seed)
@@ -80,7 +63,7 @@ def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
     else:
         build = getattr(keras.applications, name)
         model = build(weights=None, input_shape=INPUT_SHAPE, classifier_activation=None)
-    keras_batchnorms = randomise_batchnorms(model, rng)
+    keras_batchnorms = randomise_batchnorm_statistics(model, rng)
     start = time.perf_counter()
     onnx_model = infer_shapes(keras_to_onnx(model))  # as bnfold.api does after conversion
     convert_seconds = time.perf_counter() - start

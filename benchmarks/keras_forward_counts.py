@@ -25,26 +25,9 @@ import numpy as np
 
 import bnfold
 from bnfold.foldlog import Outcome
-from bnfold.frontends.keras import _import_keras, save_keras_model
+from bnfold.frontends.keras import _import_keras, randomise_batchnorm_statistics, save_keras_model
 
 INPUT_SHAPE = (64, 64, 3)
-
-
-def randomise_batchnorms(model: Any, rng: np.random.Generator) -> int:
-    """Non-trivial inference statistics for every BN layer; returns how many there are."""
-    count = 0
-    for layer in model.layers:
-        if type(layer).__name__ != "BatchNormalization":
-            continue
-        count += 1
-        channels = layer.moving_mean.shape[0]
-        if layer.gamma is not None:
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype(np.float32))
-        if layer.beta is not None:
-            layer.beta.assign(rng.normal(0.0, 0.5, channels).astype(np.float32))
-        layer.moving_mean.assign(rng.normal(0.0, 0.5, channels).astype(np.float32))
-        layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype(np.float32))
-    return count
 
 
 def summarise(result: Any) -> dict[str, Any]:
@@ -68,7 +51,7 @@ def measure(name: str, seed: int, batch: int, folder: Path) -> None:
     keras.utils.set_random_seed(seed)
     build = getattr(keras.applications, name)
     model = build(weights=None, input_shape=INPUT_SHAPE, classifier_activation=None)
-    before = randomise_batchnorms(model, np.random.default_rng(seed))
+    before = randomise_batchnorm_statistics(model, np.random.default_rng(seed))
     path = folder / f"{name}.h5"
     save_keras_model(model, path)
     for suffix in (".onnx", ".keras"):

@@ -31,19 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 def write_model(path: Path) -> None:
     import numpy as np
 
-    from bnfold.frontends.keras import _import_keras
+    from bnfold.frontends.keras import _import_keras, randomise_batchnorm_statistics
 
     keras, _ = _import_keras()
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(input_shape=(224, 224, 3), weights=None)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels))
-            layer.beta.assign(rng.normal(0.0, 0.5, channels))
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, channels))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels))
+    randomise_batchnorm_statistics(model, np.random.default_rng(0))
     model.save(path)
 
 

@@ -21,25 +21,6 @@ HERE = Path(__file__).resolve().parent
 SEED = 20261122
 
 
-def randomise_batchnorm(model, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
-    """Untrained BN layers are identities; random statistics make folding change weights."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shapes = [weight.shape for weight in layer.get_weights()]
-            values = []
-            for weight, shape in zip(layer.weights, shapes, strict=True):
-                name = weight.path.rsplit("/", 1)[-1]
-                if name == "moving_variance":
-                    values.append(rng.uniform(0.3, 2.0, shape).astype(np.float32))
-                elif name == "gamma":
-                    values.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-                else:
-                    values.append(rng.normal(0.0, 0.5, shape).astype(np.float32))
-            layer.set_weights(values)
-
-
 def keras_mlp():  # type: ignore[no-untyped-def]
     import keras
 
@@ -82,12 +63,12 @@ def main() -> None:
     ir.save(ir.serde.deserialize_model(pytorch_style_model(rng)), HERE / "pytorch_style.onnx")
     import keras
 
-    from bnfold.frontends.keras import keras_to_onnx
+    from bnfold.frontends.keras import keras_to_onnx, randomise_batchnorm_statistics
 
     keras.utils.set_random_seed(SEED)
     for build in (keras_mlp, keras_cnn):
         model = build()
-        randomise_batchnorm(model, rng)
+        randomise_batchnorm_statistics(model, rng)
         ir.save(keras_to_onnx(model), HERE / f"{model.name}.onnx")
         print(f"wrote models/{model.name}.onnx")
     print("wrote models/pytorch_style.onnx")

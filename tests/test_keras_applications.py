@@ -36,17 +36,6 @@ def relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
-def randomise_batchnorms(model: Any, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels))
-            layer.beta.assign(rng.normal(0.0, 0.5, channels))
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, channels))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels))
-
-
 @pytest.fixture(scope="module", params=list(APPLICATIONS))
 def application(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -55,7 +44,7 @@ def application(
     build, batchnorms = APPLICATIONS[name]
     keras.utils.set_random_seed(0)
     model = build(input_shape=(64, 64, 3), weights=None, classifier_activation=None)
-    randomise_batchnorms(model, seed=1)
+    frontend.randomise_batchnorm_statistics(model, np.random.default_rng(1))
     folder = tmp_path_factory.mktemp(name)
     paths = {suffix: folder / f"{name}{suffix}" for suffix in (".h5", ".keras")}
     for path in paths.values():

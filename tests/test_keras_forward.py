@@ -37,16 +37,10 @@ LEFT = Outcome.LEFT
 
 
 def randomise_batchnorms(model: Any, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 2.0, channels))
-            if layer.center:
-                layer.beta.assign(rng.normal(0.0, 1.0, channels))
-            layer.moving_mean.assign(rng.normal(0.0, 1.0, channels))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, channels))
+    """Wider statistics than the default, so that folds change the weights a lot."""
+    frontend.randomise_batchnorm_statistics(
+        model, np.random.default_rng(seed), gamma=(0.5, 2.0), spread=1.0, variance=(0.2, 3.0)
+    )
 
 
 def chain(shape: tuple[int, ...], *stack: Any) -> Callable[[], Any]:

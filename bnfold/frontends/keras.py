@@ -1210,6 +1210,34 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
     return ir_model
 
 
+def randomise_batchnorm_statistics(
+    model: Any,
+    rng: np.random.Generator,
+    *,
+    gamma: tuple[float, float] = (0.5, 1.5),
+    spread: float = 0.5,
+    variance: tuple[float, float] = (0.5, 2.0),
+) -> int:
+    """Random inference statistics on every BatchNormalization layer (nested ones too), for
+    tests and benchmarks: an untrained BN is an identity, which cannot tell a right fold from
+    a wrong one. gamma ~ U(gamma), beta and moving mean ~ N(0, spread), moving variance ~
+    U(variance). Returns the number of BN layers."""
+    keras, _ = _import_keras()
+    count = 0
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        count += 1
+        channels = layer.moving_mean.shape[0]
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(*gamma, channels).astype(np.float32))
+        if layer.center:
+            layer.beta.assign(rng.normal(0.0, spread, channels).astype(np.float32))
+        layer.moving_mean.assign(rng.normal(0.0, spread, channels).astype(np.float32))
+        layer.moving_variance.assign(rng.uniform(*variance, channels).astype(np.float32))
+    return count
+
+
 # --------------------------------------------------------------------------- saving
 
 
