@@ -26,8 +26,7 @@ from bnfold.graph import int_attr, ints_attr, node_label, set_constant_input, st
 from bnfold.rules.base import (
     FoldContext,
     cast_like,
-    constant_weight,
-    optional_constant,
+    weight_and_bias,
     weight_dtype_skip,
 )
 from bnfold.rules.forward import Apply, ForwardLayer, ForwardTarget
@@ -72,33 +71,30 @@ def _write(
     return apply
 
 
-def _describe(node: ir.Node, in_features: int | None = None) -> ForwardLayer | Skip:
-    weight = constant_weight(node, 1)
-    if isinstance(weight, Skip):
-        return weight
+def _describe(node: ir.Node, *, transposed: bool) -> ForwardLayer | Skip:
+    """Conv weight ``[out, in/g, k...]`` reads ``(in/g) * g`` channels; ConvTranspose weight
+    ``[in, out/g, k...]`` reads ``in``."""
+    parameters = weight_and_bias(node, min_rank=3)
+    if isinstance(parameters, Skip):
+        return parameters
+    weight = parameters[0]
     if dtype_skip := weight_dtype_skip(weight):
         return dtype_skip
-    if isinstance(bias := optional_constant(node, 2), Skip):
-        return bias
-    if weight.ndim < 3:
-        return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight is {weight.ndim}-D")
-    return ForwardLayer(node, 1, in_features if in_features is not None else weight.shape[0])
+    channels = weight.shape[0] if transposed else weight.shape[1] * int_attr(node, "group", 1)
+    return ForwardLayer(node, 1, channels)
 
 
 class AffineThenConv(ForwardTarget):
     op_type = "Conv"
 
     def describe(self, node: ir.Node) -> ForwardLayer | Skip:
-        weight = constant_weight(node, 1)
-        if isinstance(weight, Skip):
-            return weight
-        return _describe(node, weight.shape[1] * int_attr(node, "group", 1))
+        return _describe(node, transposed=False)
 
     def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
         node = layer.node
-        weight = constant_weight(node, 1)
-        bias = optional_constant(node, 2)
-        assert not isinstance(weight, Skip) and not isinstance(bias, Skip)
+        parameters = weight_and_bias(node)
+        assert not isinstance(parameters, Skip)
+        weight, bias = parameters
         if not affine.has_zero_shift and (padding := conv_padding(node, weight)):
             return Skip(
                 Reason.PADDING,
@@ -119,13 +115,13 @@ class AffineThenConvTranspose(ForwardTarget):
     op_type = "ConvTranspose"
 
     def describe(self, node: ir.Node) -> ForwardLayer | Skip:
-        return _describe(node)
+        return _describe(node, transposed=True)
 
     def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
         node = layer.node
-        weight = constant_weight(node, 1)
-        bias = optional_constant(node, 2)
-        assert not isinstance(weight, Skip) and not isinstance(bias, Skip)
+        parameters = weight_and_bias(node)
+        assert not isinstance(parameters, Skip)
+        weight, bias = parameters
         if not affine.has_zero_shift and (uneven := self._uneven_taps(node, weight)):
             return Skip(
                 Reason.PADDING,

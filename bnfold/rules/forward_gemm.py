@@ -18,8 +18,7 @@ from bnfold.graph import float_attr, int_attr, node_label, set_constant_input
 from bnfold.rules.base import (
     FoldContext,
     cast_like,
-    constant_weight,
-    optional_constant,
+    weight_and_bias,
     weight_dtype_skip,
 )
 from bnfold.rules.forward import Apply, ForwardLayer, ForwardTarget
@@ -29,13 +28,12 @@ class AffineThenGemm(ForwardTarget):
     op_type = "Gemm"
 
     def describe(self, node: ir.Node) -> ForwardLayer | Skip:
-        weight = constant_weight(node, 1)
-        if isinstance(weight, Skip):
-            return weight
+        parameters = weight_and_bias(node)
+        if isinstance(parameters, Skip):
+            return parameters
+        weight = parameters[0]
         if dtype_skip := weight_dtype_skip(weight):
             return dtype_skip
-        if isinstance(bias := optional_constant(node, 2), Skip):
-            return bias
         if weight.ndim != 2:
             return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: B is not 2-D")
         k_axis = 1 if int_attr(node, "transB", 0) else 0
@@ -44,9 +42,9 @@ class AffineThenGemm(ForwardTarget):
 
     def plan(self, context: FoldContext, layer: ForwardLayer, affine: ScaleShift) -> Apply | Skip:
         node = layer.node
-        weight = constant_weight(node, 1)
-        bias = optional_constant(node, 2)
-        assert not isinstance(weight, Skip) and not isinstance(bias, Skip)
+        parameters = weight_and_bias(node)
+        assert not isinstance(parameters, Skip)
+        weight, bias = parameters
         k_axis = 1 if int_attr(node, "transB", 0) else 0
         new_weight, through = fold_before(weight, None, affine, k_axis, 1 - k_axis)
         alpha, beta = float_attr(node, "alpha", 1.0), float_attr(node, "beta", 1.0)
