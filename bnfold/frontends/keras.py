@@ -431,19 +431,25 @@ class _ModelGraph:
         else:
             self.outputs = [str(h[0]) for h in _output_histories(config["output_layers"])]
 
-    def remove(self, batchnorm: str, producer: str) -> None:
-        """Drop ``batchnorm`` and feed its consumers (and model outputs) from ``producer``."""
+    def _reroute(self, batchnorm: str, source: str, history: list[Any] | None) -> None:
+        """Drop ``batchnorm``; its consumers read layer ``source`` instead, through the
+        inbound-node ``history`` (left as it is when ``None``)."""
         bn = self.layers.pop(batchnorm)
         self.config["layers"] = [e for e in self.config["layers"] if e is not bn.entry]
-        source = self.layers[producer]
-        source.consumers = [c for c in source.consumers if c != batchnorm] + bn.consumers
+        feeder = self.layers[source]
+        feeder.consumers = [c for c in feeder.consumers if c != batchnorm] + bn.consumers
         for consumer in bn.consumers:
             layer = self.layers[consumer]
-            layer.inputs = [producer if name == batchnorm else name for name in layer.inputs]
+            layer.inputs = [source if name == batchnorm else name for name in layer.inputs]
             for node in layer.entry.get("inbound_nodes") or []:
-                for history in _histories(node):
-                    if history[0] == batchnorm:
-                        history[:] = [producer, 0, 0]
+                for found in _histories(node):
+                    if found[0] == batchnorm and history is not None:
+                        found[:] = list(history)
+
+    def remove(self, batchnorm: str, producer: str) -> None:
+        """Drop ``batchnorm`` and feed its consumers (and model outputs) from ``producer``
+        (a backward fold: the producer now computes the BN's output)."""
+        self._reroute(batchnorm, producer, [producer, 0, 0])
         self.outputs = [producer if name == batchnorm else name for name in self.outputs]
         if not self.sequential:
             for history in _output_histories(self.config["output_layers"]):
@@ -452,19 +458,9 @@ class _ModelGraph:
 
     def bypass(self, batchnorm: str) -> None:
         """Drop ``batchnorm`` and feed its consumers from what fed it (a forward fold)."""
-        bn = self.layers.pop(batchnorm)
-        self.config["layers"] = [e for e in self.config["layers"] if e is not bn.entry]
-        source_name = bn.inputs[0]
+        bn = self.layers[batchnorm]
         history = next(_histories((bn.entry.get("inbound_nodes") or [])[:1]), None)
-        source = self.layers[source_name]
-        source.consumers = [c for c in source.consumers if c != batchnorm] + bn.consumers
-        for consumer in bn.consumers:
-            layer = self.layers[consumer]
-            layer.inputs = [source_name if name == batchnorm else name for name in layer.inputs]
-            for node in layer.entry.get("inbound_nodes") or []:
-                for found in _histories(node):
-                    if found[0] == batchnorm and history is not None:
-                        found[:] = list(history)
+        self._reroute(batchnorm, bn.inputs[0], history)
 
     def rename(self, old: str, new: str) -> None:
         """Give layer ``old`` the name ``new`` everywhere in the config."""
