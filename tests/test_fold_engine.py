@@ -7,9 +7,13 @@ import json
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper
 
+from bnfold.errors import InputError
 from bnfold.fold import METADATA_KEY, fold_model
+from bnfold.foldlog import Reason
+from bnfold.frontends.onnx import load_onnx
 from bnfold.testing import (
     batchnorm_node,
     batchnorm_params,
@@ -147,3 +151,38 @@ def test_batchnorm_inside_an_if_branch_is_folded(rng):
         assert check.max_rel <= 1e-5
     branches = [attr.g for attr in folded.graph.node[0].attribute]
     assert all(op_types(onnx.ModelProto(graph=g)) == ["Conv"] for g in branches)
+
+
+def _bad_group_model(rng, op_type):
+    """A grouped layer whose group (4) does not divide its weight's axis 0 (6), then a BN;
+    onnx.checker's basic check accepts it."""
+    shape = (6, 2, 1, 1)
+    inits = {"w": rng.normal(size=shape).astype(np.float32), **batchnorm_params(rng, 8)}
+    nodes = [
+        helper.make_node(op_type, ["x", "w"], ["c"], name="layer", group=4),
+        batchnorm_node("c", "y"),
+    ]
+    return make_model(
+        nodes, [("x", FLOAT, [1, 8, 4, 4])], [("y", FLOAT, [1, 8, 4, 4])], inits, infer_shapes=False
+    )
+
+
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
+def test_group_that_does_not_divide_the_channels_is_declined_not_a_crash(rng, op_type):
+    model = ir.serde.deserialize_model(_bad_group_model(rng, op_type))
+    before = ir.serde.serialize_model(model).SerializeToString()
+    result = fold_model(model)
+    [entry] = result.entries
+    assert entry.reason is Reason.INVALID_PARAMS
+    assert "group 4 does not divide" in entry.detail
+    assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
+def test_loader_refuses_a_group_that_does_not_divide_the_channels(rng, tmp_path, op_type):
+    path = tmp_path / "bad_group.onnx"
+    onnx.save(_bad_group_model(rng, op_type), path)
+    with pytest.raises(InputError, match="group 4 does not divide the weight's 6") as caught:
+        load_onnx(path)
+    assert caught.value.exit_code == 3
+    assert "\n" not in str(caught.value)

@@ -186,11 +186,41 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _nodes(subgraph)
 
 
+def _weight_dims(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """The dimensions of every initializer, subgraphs included (no tensor data is read)."""
+    dims = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                dims.update(_weight_dims(subgraph))
+    return dims
+
+
+def _group_problem(node: onnx.NodeProto, weight_dims: dict[str, list[int]]) -> str | None:
+    """Why a Conv/ConvTranspose's ``group`` does not fit its constant weight, if it does not:
+    Conv ``[out, in/g, k...]`` needs ``g | out``, ConvTranspose ``[in, out/g, k...]`` ``g | in``
+    (``onnx.checker`` accepts both; onnxruntime and the fold arithmetic do not)."""
+    if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+        return None
+    dims = weight_dims.get(node.input[1])
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if not dims or group < 1 or dims[0] % group == 0:
+        return None
+    side = "output" if node.op_type == "Conv" else "input"
+    return f"group {group} does not divide the weight's {dims[0]} {side} channels"
+
+
 def _check_attributes(proto: onnx.ModelProto, path: Path) -> None:
     """Refuse attribute values that crash onnxruntime instead of raising an error."""
+    weight_dims = _weight_dims(proto.graph)
     for node in _nodes(proto.graph):
         if node.domain not in ("", "ai.onnx"):
             continue
+        if problem := _group_problem(node, weight_dims):
+            where = node.name or (node.output[0] if node.output else node.op_type)
+            raise InputError(
+                f"{path}: invalid ONNX model: {node.op_type} node {where!r}: {problem}"
+            )
         positive = _POSITIVE_ATTRIBUTES.get(node.op_type, ())
         for attribute in node.attribute:
             values = list(attribute.ints) if attribute.ints else [attribute.i]

@@ -137,15 +137,40 @@ def _is_float(value: ir.Value) -> bool:
     return value.dtype is None or value.dtype in FLOAT_TYPES
 
 
+def _opset(node: ir.Node) -> int | None:
+    """The default-domain opset the node runs under: its own version, else its graph's (a
+    subgraph may declare none: then unknown)."""
+    if node.version is not None:
+        return node.version
+    imports = node.graph.opset_imports if node.graph is not None else {}
+    return imports.get("", imports.get("ai.onnx"))
+
+
+def _training_mode(node: ir.Node) -> str | None:
+    """Why the BN runs with batch statistics, or ``None`` in inference mode.
+
+    Before opset 14 the spec has no ``training_mode``: the optional outputs (running and saved
+    mean/var) being present *is* training mode, used or not, and onnxruntime then normalises
+    with the batch statistics. From opset 14 the attribute decides; extra outputs in use mean
+    training too. An unknown opset is treated as the older rule, which folds less.
+    """
+    named = [out for out in node.outputs[1:] if out is not None and out.name]
+    opset = _opset(node)
+    if (opset is None or opset < 14) and named:
+        return f"opset {opset or '?'} with optional outputs {[out.name for out in named]}"
+    if int_attr(node, "training_mode", 0) == 1:
+        return "training_mode=1"
+    if any(list(out.uses()) or out.is_graph_output() for out in named):
+        return "its running statistics are read"
+    return None
+
+
 def _batchnorm_op(node: ir.Node) -> AffineOp | None:
     data = node.inputs[0] if node.inputs else None
     if data is None or len(node.inputs) < 5:
         return None
-    extra_outputs_used = any(
-        list(out.uses()) or out.is_graph_output() for out in node.outputs[1:] if out is not None
-    )
-    if int_attr(node, "training_mode", 0) == 1 or extra_outputs_used:
-        skip = Skip(Reason.TRAINING_MODE, "BatchNormalization runs in training mode")
+    if why := _training_mode(node):
+        skip = Skip(Reason.TRAINING_MODE, f"BatchNormalization runs in training mode ({why})")
         return AffineOp(node, data, None, skip=skip)
     if int_attr(node, "spatial", 1) == 0:
         skip = Skip(Reason.UNSUPPORTED_LAYER, "spatial=0 BatchNormalization is not per-channel")

@@ -133,3 +133,23 @@ def test_float64_model_folds_to_float64_precision(rng):
     _, check, folded = fold_and_compare(model)
     assert op_types(folded) == ["MatMul", "Add"]
     assert check.max_rel <= 1e-12
+
+
+@pytest.mark.parametrize("opset", [7, 9, 13])
+def test_old_opset_batchnorm_with_named_optional_outputs_is_training(rng, opset):
+    """Before opset 14 the optional outputs alone mean training mode, read or not."""
+    model = conv_then(
+        rng, batchnorm_params(rng, 4), opset=opset, extra_outputs=("rmean", "rvar", "smean", "svar")
+    )
+    result, check, folded = fold_and_compare(model)
+    assert [entry.reason for entry in result.entries] == [Reason.TRAINING_MODE]
+    assert "optional outputs" in result.entries[0].detail
+    assert op_types(folded) == ["Conv", "BatchNormalization"]
+    assert check.max_abs == 0.0
+
+
+def test_old_opset_batchnorm_with_empty_optional_outputs_is_inference(rng):
+    """Empty names are absent outputs: inference mode. (Not run: onnxruntime crashes on it.)"""
+    model = conv_then(rng, batchnorm_params(rng, 4), opset=9, extra_outputs=("", "", "", ""))
+    [chain] = find_affine_chains(ir.serde.deserialize_model(model).graph)
+    assert chain.skip is None

@@ -21,6 +21,7 @@ from bnfold.graph import (
     NameFactory,
     bypass,
     constant_array,
+    int_attr,
     node_label,
     rank_of,
     remove_nodes,
@@ -65,6 +66,19 @@ def weight_dtype_skip(weight: npt.NDArray[np.generic]) -> Skip | None:
     if weight.dtype.kind == "f" or weight.dtype.name == "bfloat16":
         return None
     return Skip(Reason.UNSUPPORTED_DTYPE, f"weights are {weight.dtype.name}, not floating point")
+
+
+def group_skip(node: ir.Node, weight: npt.NDArray[np.generic]) -> Skip | None:
+    """A Conv ``[out, in/g, k...]`` or ConvTranspose ``[in, out/g, k...]`` whose ``group``
+    does not divide axis 0 of its weight: invalid, and the grouped arithmetic cannot split it."""
+    group = int_attr(node, "group", 1)
+    if group >= 1 and weight.shape[0] % group == 0:
+        return None
+    return Skip(
+        Reason.INVALID_PARAMS,
+        f"{node_label(node)}: group {group} does not divide the weight's {weight.shape[0]} "
+        "channels on axis 0",
+    )
 
 
 def cast_like(

@@ -15,6 +15,7 @@ from bnfold.rules.base import (
     FoldContext,
     LinearLayer,
     cast_like,
+    group_skip,
     weight_and_bias,
     write_weight_and_bias,
 )
@@ -28,6 +29,8 @@ class ConvThenAffine(BackwardRule):
         if isinstance(parameters, Skip):
             return parameters
         weight, bias = parameters
+        if bad_group := group_skip(node, weight):
+            return bad_group
         return LinearLayer(node, weight, bias, weight.shape[0], 1, weight.ndim)
 
     def rewrite(

@@ -17,6 +17,7 @@ from bnfold.rules.base import (
     FoldContext,
     LinearLayer,
     cast_like,
+    group_skip,
     weight_and_bias,
     write_weight_and_bias,
 )
@@ -30,6 +31,8 @@ class ConvTransposeThenAffine(BackwardRule):
         if isinstance(parameters, Skip):
             return parameters
         weight, bias = parameters
+        if bad_group := group_skip(node, weight):
+            return bad_group
         channels = weight.shape[1] * int_attr(node, "group", 1)
         return LinearLayer(node, weight, bias, channels, 1, weight.ndim)
 

@@ -26,6 +26,7 @@ from bnfold.graph import int_attr, ints_attr, node_label, set_constant_input, st
 from bnfold.rules.base import (
     FoldContext,
     cast_like,
+    group_skip,
     weight_and_bias,
     weight_dtype_skip,
 )
@@ -80,6 +81,8 @@ def _describe(node: ir.Node, *, transposed: bool) -> ForwardLayer | Skip:
     weight = parameters[0]
     if dtype_skip := weight_dtype_skip(weight):
         return dtype_skip
+    if bad_group := group_skip(node, weight):
+        return bad_group
     channels = weight.shape[0] if transposed else weight.shape[1] * int_attr(node, "group", 1)
     return ForwardLayer(node, 1, channels)
 
