@@ -23,7 +23,7 @@ import onnx_ir as ir
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import compare_outputs
 from bnfold.fold import fold_model
-from bnfold.frontends.keras import _import_keras, keras_to_onnx, randomise_batchnorm_statistics
+from bnfold.frontends.keras import import_keras, keras_to_onnx, randomise_batchnorm_statistics
 from bnfold.frontends.onnx import infer_shapes, input_specs
 
 INPUT_SHAPE = (64, 64, 3)
@@ -34,7 +34,7 @@ def small_model(name: str) -> Any:
     """Two small models where BN sits after the activation, so only a forward fold applies:
     an iris-style MLP ``Dense -> Relu -> BN -> Dense`` and a classifier
     ``Conv -> Relu -> BN (channels last) -> Flatten -> Dense``."""
-    keras, _ = _import_keras()
+    keras, _ = import_keras()
     layers = keras.layers
     if name == "MLPPostActivationBN":
         inputs = keras.Input((4,))
@@ -55,7 +55,7 @@ def small_model(name: str) -> Any:
 
 
 def measure(name: str, seed: int, batch: int) -> dict[str, Any]:
-    keras, _ = _import_keras()
+    keras, _ = import_keras()
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     if name in SMALL_MODELS:

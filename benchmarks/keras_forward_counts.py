@@ -25,7 +25,7 @@ import numpy as np
 
 import bnfold
 from bnfold.foldlog import Outcome
-from bnfold.frontends.keras import _import_keras, randomise_batchnorm_statistics, save_keras_model
+from bnfold.frontends.keras import import_keras, randomise_batchnorm_statistics, save_keras_model
 
 INPUT_SHAPE = (64, 64, 3)
 
@@ -47,7 +47,7 @@ def summarise(result: Any) -> dict[str, Any]:
 
 
 def measure(name: str, seed: int, batch: int, folder: Path) -> None:
-    keras, _ = _import_keras()
+    keras, _ = import_keras()
     keras.utils.set_random_seed(seed)
     build = getattr(keras.applications, name)
     model = build(weights=None, input_shape=INPUT_SHAPE, classifier_activation=None)

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 def write_model(path: Path) -> None:
     import numpy as np
 
-    from bnfold.frontends.keras import _import_keras, randomise_batchnorm_statistics
+    from bnfold.frontends.keras import import_keras, randomise_batchnorm_statistics
 
-    keras, _ = _import_keras()
+    keras, _ = import_keras()
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(input_shape=(224, 224, 3), weights=None)
     randomise_batchnorm_statistics(model, np.random.default_rng(0))
@@ -46,7 +46,7 @@ def stage_bnfold(path: Path) -> dict[str, float]:
     from bnfold.frontends import keras as frontend
     from bnfold.frontends.onnx import infer_shapes
 
-    frontend._import_tf2onnx()
+    frontend.import_tf2onnx()
     seconds = {"imports": time.perf_counter() - started}
     clock = time.perf_counter()
     model = frontend.load_keras_model(path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -30,7 +29,6 @@ from bnfold.check.equivalence import (
 from bnfold.comparison import CheckResult, compare_outputs
 from bnfold.errors import CheckFailedError, OutputError, UsageError
 from bnfold.fold import FoldResult, fold_model
-from bnfold.foldlog import FoldEntry
 from bnfold.frontends.onnx import (
     ONNX_SUFFIXES,
     annotate_shapes,
@@ -231,40 +229,6 @@ def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
-def _onnx_entries_of_layer(layer: str, entries: list[FoldEntry]) -> list[FoldEntry]:
-    """The ONNX-pass entries whose node names come from Keras layer ``layer``.
-
-    tf2onnx names nodes by TensorFlow name scope, which is the layer name plus a suffix that
-    keeps scopes unique (``batch_normalization_1`` may become ``batch_normalization_1_2``), so
-    the suffixed form is tried first and the bare name only when it finds nothing.
-    """
-    for pattern in (rf"(^|/){re.escape(layer)}_\d+(/|$)", rf"(^|/){re.escape(layer)}(/|$)"):
-        matches = [entry for entry in entries if re.search(pattern, entry.name)]
-        if matches:
-            return matches
-    return []
-
-
-def _merge_stage_logs(
-    keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]
-) -> list[FoldEntry]:
-    """One entry per BN: a BN the Keras pass left that the ONNX pass then folded is reported
-    as folded under its Keras name; a BN left by both is reported once, by the Keras pass."""
-    merged = list(keras_entries)
-    onnx_rest = list(onnx_entries)
-    for index, entry in enumerate(merged):
-        if entry.folded:
-            continue
-        matches = _onnx_entries_of_layer(entry.name, onnx_rest)
-        for other in matches:
-            onnx_rest.remove(other)
-        folded = next((other for other in matches if other.folded), None)
-        if folded is not None:
-            folded.name = entry.name
-            merged[index] = folded
-    return merged + onnx_rest
-
-
 def _fold_keras(
     path: Path,
     *,
@@ -299,7 +263,9 @@ def _fold_keras(
         onnx_model = infer_shapes(keras_frontend.keras_to_onnx(folded_keras, opset=opset))
         seconds["convert"] = time.perf_counter() - converted
         result = fold_model(onnx_model)
-        result.entries = _merge_stage_logs(keras_entries, result.entries)
+        from bnfold.frontends.keras.onnx_log import merge_stage_logs
+
+        result.entries = merge_stage_logs(keras_entries, result.entries)
     else:
         result = FoldResult(None, keras_entries)
     result.keras_model = folded_keras

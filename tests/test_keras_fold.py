@@ -23,6 +23,7 @@ import onnx_ir  # noqa: E402
 from bnfold.errors import InputError  # noqa: E402
 from bnfold.foldlog import Outcome, Reason  # noqa: E402
 from bnfold.frontends import keras as frontend  # noqa: E402
+from bnfold.frontends.keras import conversion  # noqa: E402
 
 pytestmark = pytest.mark.keras
 L = keras.layers
@@ -353,7 +354,7 @@ def test_tensorflow_call_left_in_onnx_is_refused() -> None:
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     with pytest.raises(InputError, match="StatefulPartitionedCall node \\('call'\\)"):
-        frontend._validate_onnx(onnx.helper.make_model(graph))
+        conversion._validate_onnx(onnx.helper.make_model(graph))
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -1,0 +1,83 @@
+"""The Keras front end: load, describe to the fold core, run, convert to ONNX, save.
+
+Each module has one job: ``runtime`` (importing TensorFlow/Keras/tf2onnx quietly),
+``loading`` (reading files), ``model_io`` (inputs, outputs, running, saving), ``conversion``
+(tf2onnx). Nothing here is imported by ``bnfold --help`` or by the ONNX path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from bnfold.errors import InputError
+from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
+from bnfold.frontends.keras.conversion import keras_to_onnx
+from bnfold.frontends.keras.legacy_fold import fold_keras_model
+from bnfold.frontends.keras.loading import load_keras_model
+from bnfold.frontends.keras.model_io import (
+    keras_input_specs,
+    keras_output_names,
+    predict_keras,
+    randomise_batchnorm_statistics,
+    save_keras_model,
+)
+from bnfold.frontends.keras.runtime import KERAS_SUFFIXES, import_keras, import_tf2onnx
+from bnfold.specs import InputSpec
+
+
+class KerasFrontend:
+    """Keras ``.keras`` / ``.h5`` files and in-memory ``keras.Model`` objects."""
+
+    name = "keras"
+    suffixes = KERAS_SUFFIXES
+
+    def load(self, source: str | os.PathLike[str] | Any, settings: LoadSettings) -> Any:
+        if isinstance(source, str | os.PathLike):
+            return load_keras_model(Path(source), allow_unsafe=settings.allow_unsafe)
+        if not hasattr(source, "get_config"):
+            raise InputError(f"not a Keras model: {type(source).__name__}")
+        return source
+
+    def input_specs(self, model: Any) -> list[InputSpec]:
+        return keras_input_specs(model)
+
+    def run(self, model: Any, feeds: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+        return predict_keras(model, dict(feeds))
+
+    def fold(self, model: Any) -> FoldOutcome:
+        folded, entries = fold_keras_model(model)
+        for entry in entries:
+            entry.stage = "keras"
+        return FoldOutcome(folded, entries)
+
+    def to_onnx(self, outcome: FoldOutcome, settings: LoadSettings) -> FoldOutcome:
+        from bnfold.frontends.keras.onnx_log import converted_outcome
+
+        return converted_outcome(outcome, keras_to_onnx(outcome.model, opset=settings.opset))
+
+    def save(self, model: Any, path: str | os.PathLike[str]) -> None:
+        save_keras_model(model, Path(path))
+
+    def compute_dtype(self, model: Any) -> str | None:
+        return None
+
+
+__all__ = [
+    "KERAS_SUFFIXES",
+    "KerasFrontend",
+    "fold_keras_model",
+    "import_keras",
+    "import_tf2onnx",
+    "keras_input_specs",
+    "keras_output_names",
+    "keras_to_onnx",
+    "load_keras_model",
+    "predict_keras",
+    "randomise_batchnorm_statistics",
+    "save_keras_model",
+]
