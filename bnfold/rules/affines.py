@@ -130,6 +130,10 @@ class AffineChain:
             except (FoldArithmeticError, ValueError) as error:
                 return Skip(Reason.CHANNEL_MISMATCH, str(error))
         assert composed is not None
+        if composed.channels == 1:
+            # One channel (BatchNorm1d(1), a [1]-shaped Mul) is a scalar: it acts the same on
+            # every element, so it commutes with every layout op and fits any channel axis.
+            return composed, None
         return composed, axis
 
 

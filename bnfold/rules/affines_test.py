@@ -153,3 +153,48 @@ def test_old_opset_batchnorm_with_empty_optional_outputs_is_inference(rng):
     model = conv_then(rng, batchnorm_params(rng, 4), opset=9, extra_outputs=("", "", "", ""))
     [chain] = find_affine_chains(ir.serde.deserialize_model(model).graph)
     assert chain.skip is None
+
+
+def _one_channel_bn(rng, dtype, *, forward):
+    """BatchNorm1d(1) on [N, 1, K] before (forward) or after (backward) a MatMul by [K, 6]."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = {"w": rng.normal(size=(5, 6)).astype(dtype), **batchnorm_params(rng, 1, dtype=dtype)}
+    if forward:
+        nodes = [batchnorm_node("x", "n"), helper.make_node("MatMul", ["n", "w"], ["y"], name="mm")]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), batchnorm_node("m", "y")]
+    return make_model(nodes, [("x", elem, ["N", 1, 5])], ["y"], inits)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("forward", [False, True])
+def test_one_channel_batchnorm_is_a_scalar_that_folds_into_matmul(rng, dtype, forward):
+    """Its axis (1) is not the MatMul's channel axis (2): it folds as a scalar."""
+    result, check, folded = fold_and_compare(_one_channel_bn(rng, dtype, forward=forward))
+    [entry] = result.entries
+    assert entry.folded, entry.detail
+    assert "BatchNormalization" not in op_types(folded)
+    assert check.max_rel <= (1e-5 if dtype is np.float32 else 2e-3)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_one_channel_batchnorm_folds_into_gemm(rng, forward):
+    """Linear(4, 1) -> BatchNorm1d(1), and BatchNorm1d(1) -> Linear(1, 3)."""
+    if forward:
+        inits = {"w": rng.normal(size=(3, 1)).astype(np.float32), "b": np.ones(3, np.float32)}
+        nodes = [
+            batchnorm_node("x", "n"),
+            helper.make_node("Gemm", ["n", "w", "b"], ["y"], transB=1),
+        ]
+        shape = ["N", 1]
+    else:
+        inits = {"w": rng.normal(size=(1, 4)).astype(np.float32), "b": np.ones(1, np.float32)}
+        nodes = [
+            helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+            batchnorm_node("g", "y"),
+        ]
+        shape = ["N", 4]
+    inits.update(batchnorm_params(rng, 1))
+    _, check, folded = fold_and_compare(make_model(nodes, [("x", FLOAT, shape)], ["y"], inits))
+    assert op_types(folded) == ["Gemm"]
+    assert check.max_rel <= 1e-5
