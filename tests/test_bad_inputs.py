@@ -706,18 +706,18 @@ def test_failure_in_the_middle_of_the_write_leaves_nothing(
     assert snapshot(source.parent) == before
 
 
-def test_failure_inside_ir_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_failure_inside_the_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import bnfold.frontends.onnx as frontend
 
     source = _demo_copy(tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
-    def failing_save(model: Any, path: Any, **kwargs: Any) -> None:
-        Path(path).write_bytes(b"half a model")
+    def failing_write(model: Any, file: Any) -> None:
+        file.write(b"half a model")
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(frontend.ir, "save", failing_save)
+    monkeypatch.setattr(frontend, "write_model", failing_write)
     code, _, stderr = run(str(source), "-o", str(out_dir / "folded.onnx"))
     assert code == 4 and "Input/output error" in stderr
     assert list(out_dir.iterdir()) == []
@@ -731,10 +731,10 @@ def test_existing_output_survives_a_failed_write(tmp_path: Path, monkeypatch: py
     out = tmp_path / "folded.onnx"
     out.write_bytes(b"previous output")
 
-    def failing_save(model: Any, path: Any, **kwargs: Any) -> None:
+    def failing_write(model: Any, file: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(frontend.ir, "save", failing_save)
+    monkeypatch.setattr(frontend, "write_model", failing_write)
     assert run(str(source), "-o", str(out))[0] == 4
     assert out.read_bytes() == b"previous output"
     assert _no_temp_folders(tmp_path)

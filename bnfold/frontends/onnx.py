@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from bnfold.errors import InputError, OutputError
+from bnfold.frontends.onnx_bytes import write_model
 from bnfold.graph import iter_graphs
 from bnfold.specs import InputSpec
 
@@ -499,7 +500,8 @@ def save_onnx(
                 if overwritten:
                     _repoint(model, path)
             else:
-                ir.save(model, staged)
+                with staged.open("wb") as file:
+                    write_model(model, file)
                 os.replace(staged, path)
         except OSError as error:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
