@@ -20,6 +20,8 @@ from bnfold.frontends.keras.conversion import keras_to_onnx
 from bnfold.frontends.keras.legacy_fold import fold_keras_model
 from bnfold.frontends.keras.loading import load_keras_model
 from bnfold.frontends.keras.model_io import (
+    describe_keras_model,
+    keras_compute_dtype,
     keras_input_specs,
     keras_output_names,
     predict_keras,
@@ -31,7 +33,8 @@ from bnfold.specs import InputSpec
 
 
 class KerasFrontend:
-    """Keras ``.keras`` / ``.h5`` files and in-memory ``keras.Model`` objects."""
+    """Keras ``.keras`` / ``.h5`` files (Keras 3, or Keras 2 read with tf_keras), SavedModel
+    directories, and in-memory ``keras.Model`` / ``tf_keras.Model`` objects."""
 
     name = "keras"
     suffixes = KERAS_SUFFIXES
@@ -64,7 +67,12 @@ class KerasFrontend:
         save_keras_model(model, Path(path))
 
     def compute_dtype(self, model: Any) -> str | None:
-        return None
+        return keras_compute_dtype(model)
+
+    def describe(self, model: Any) -> str:
+        """Which Keras read the model, for the log: "Keras 2 .h5, written by Keras 2.21.0,
+        loaded with tf_keras 2.21.0"."""
+        return describe_keras_model(model)
 
 
 __all__ = [

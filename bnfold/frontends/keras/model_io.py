@@ -16,13 +16,17 @@ from bnfold.frontends.keras.runtime import (
     KERAS_SUFFIXES,
     first_line,
     import_keras,
-    quiet_native_stderr,
+    keras_of,
+    quiet_keras,
 )
 from bnfold.specs import InputSpec
 
 
 def _producer_name(tensor: Any) -> str:
-    return str(tensor._keras_history.operation.name)
+    # Keras 3 records the producing ``operation``, tf_keras (Keras 2) the ``layer``.
+    history = tensor._keras_history
+    producer = getattr(history, "operation", None) or history.layer
+    return str(producer.name)
 
 
 def keras_input_specs(model: Any) -> list[InputSpec]:
@@ -34,7 +38,9 @@ def keras_input_specs(model: Any) -> list[InputSpec]:
         ]
         if shape and shape[0] is None:
             shape[0] = BATCH_DIMENSION
-        specs.append(InputSpec(_producer_name(tensor), tuple(shape), np.dtype(tensor.dtype)))
+        # Keras 3 says "float32", tf_keras a tf.DType that numpy reads through as_numpy_dtype.
+        dtype = np.dtype(getattr(tensor.dtype, "as_numpy_dtype", tensor.dtype))
+        specs.append(InputSpec(_producer_name(tensor), tuple(shape), dtype))
     return specs
 
 
@@ -47,6 +53,30 @@ def keras_output_names(model: Any) -> list[str]:
         f"{name}_{index}" if names.count(name) > 1 else name
         for name, index in zip(names, indices, strict=True)
     ]
+
+
+def keras_compute_dtype(model: Any) -> str | None:
+    """ "float16" (or "bfloat16") when the model's layers compute in a 16-bit float under a
+    mixed policy (``mixed_float16``), which sets the check's gate; else ``None``."""
+    for layer in model._flatten_layers(include_self=False):
+        policy = getattr(layer, "dtype_policy", None)
+        compute = str(getattr(policy, "compute_dtype", "") or "")
+        if compute in ("float16", "bfloat16"):
+            return compute
+    return None
+
+
+def describe_keras_model(model: Any) -> str:
+    """How the model was read ("Keras 2 .h5, written by Keras 2.21.0, loaded with tf_keras
+    2.21.0"), or which Keras an in-memory model belongs to."""
+    from bnfold.frontends.keras.loading import loaded_with
+
+    recorded = loaded_with(model)
+    if recorded:
+        return recorded
+    keras = keras_of(model)
+    major = 2 if keras.__name__ == "tf_keras" else 3
+    return f"Keras {major} model in memory ({keras.__name__} {keras.__version__})"
 
 
 def _flatten_outputs(keras: Any, outputs: Any) -> list[Any]:
@@ -62,7 +92,8 @@ def predict_keras(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     if missing:
         raise InputError(f"no value given for model input '{missing[0]}'")
     arrays = [np.asarray(inputs[name]) for name in names]
-    outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    with quiet_keras():
+        outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
     values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in _flatten_outputs(keras, outputs)]
     return dict(zip(keras_output_names(model), values, strict=True))
 
@@ -79,7 +110,7 @@ def randomise_batchnorm_statistics(
     tests and benchmarks: an untrained BN is an identity, which cannot tell a right fold from
     a wrong one. gamma ~ U(gamma), beta and moving mean ~ N(0, spread), moving variance ~
     U(variance). Returns the number of BN layers."""
-    keras, _ = import_keras()
+    keras = keras_of(model)
     count = 0
     for layer in model._flatten_layers(include_self=False):
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -97,21 +128,28 @@ def randomise_batchnorm_statistics(
 
 def save_keras_model(model: Any, path: Path) -> None:
     """Save as ``.keras`` or ``.h5``, chosen by the last Keras suffix in the name, so that a
-    temporary name such as ``out.keras.tmp`` also works; errors are ``OutputError``."""
-    keras, _ = import_keras()
+    temporary name such as ``out.keras.tmp`` also works, with the Keras the model belongs to
+    (a Keras 2 model is written by tf_keras and loads back there); errors are ``OutputError``."""
+    from bnfold.frontends.keras.saved_model import holds_signature_only
+
+    keras = keras_of(model)
     path = Path(path)
+    if holds_signature_only(model):
+        raise OutputError(
+            f"{path}: the SavedModel holds no Keras model to write as Keras; write .onnx instead"
+        )
     suffix = next((s for s in reversed(path.suffixes) if s.lower() in KERAS_SUFFIXES), None)
     if suffix is None:
         raise OutputError(f"{path}: a Keras model is written as .keras or .h5")
     try:
         if path.suffix.lower() == suffix.lower():
-            with quiet_native_stderr():
+            with quiet_keras():
                 keras.saving.save_model(model, str(path))
             return
         # Keras insists on the suffix being last: save beside the target, then move.
         with tempfile.TemporaryDirectory(dir=path.parent) as folder:
             staged = Path(folder) / f"model{suffix.lower()}"
-            with quiet_native_stderr():
+            with quiet_keras():
                 keras.saving.save_model(model, str(staged))
             os.replace(staged, path)
     except OSError as error:

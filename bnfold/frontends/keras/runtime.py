@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,10 @@ from bnfold.errors import InputError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 KERAS_EXTRA_MESSAGE = "reading Keras models needs the keras extra: pip install 'bnfold[keras]'"
+TF_KERAS_MESSAGE = (
+    "is a Keras 2 model (keras_version {version}); reading it needs tf_keras, "
+    "in the keras extra: pip install 'bnfold[keras]'"
+)
 MAX_ONNX_IR_VERSION = 10  # the newest IR version onnxruntime 1.2x/1.3x all load
 BATCH_DIMENSION = "batch"
 
@@ -66,6 +71,40 @@ def import_keras() -> tuple[Any, Any]:
         tf.get_logger().setLevel(logging.ERROR)
         tf.autograph.set_verbosity(0)
     return keras, tf
+
+
+def import_tf_keras() -> Any:
+    """``tf_keras`` (Keras 2), for files written by tf.keras of TF <= 2.15; ``None`` when it is
+    not installed (the caller names the file in its message)."""
+    import_keras()
+    try:
+        with quiet_native_stderr():
+            import tf_keras
+    except ImportError:
+        return None
+    return tf_keras
+
+
+def keras_of(model: Any) -> Any:
+    """The Keras package a model object belongs to: ``tf_keras`` for a Keras 2 model (saved
+    back with it, so the file loads where it came from), else ``keras``."""
+    if type(model).__module__.startswith("tf_keras"):
+        tf_keras = import_tf_keras()
+        if tf_keras is not None:
+            return tf_keras
+    return import_keras()[0]
+
+
+@contextlib.contextmanager
+def quiet_keras() -> Iterator[None]:
+    """Silence Keras' Python warnings (the functional "structure of `inputs`" warning, the
+    legacy-HDF5 advice) and TensorFlow's native stderr; both shown when BNFOLD_DEBUG=1."""
+    if debug():
+        yield
+        return
+    with warnings.catch_warnings(), quiet_native_stderr():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def import_tf2onnx() -> Any:
