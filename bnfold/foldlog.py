@@ -30,6 +30,8 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_DTYPE = "unsupported_dtype"
     UNSUPPORTED_LAYER = "unsupported_layer"
     CONSUMER_NOT_FOLDABLE = "consumer_not_foldable"
+    NEGATIVE_SCALE = "negative_scale"
+    NOT_COMMUTING = "not_commuting"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from bnfold.graph import (
     sole_consumer,
 )
 from bnfold.rules.affines import AffineChain
+from bnfold.rules.commuting import affine_skip, is_commuting
 from bnfold.rules.layout import map_channel_axis
 
 
@@ -129,6 +130,9 @@ class BackwardRule:
         if isinstance(resolved, Skip):
             return resolved
         affine, chain_axis = resolved
+        for layout_node in layout_nodes:
+            if is_commuting(layout_node) and (condition := affine_skip(layout_node, affine)):
+                return condition
         if chain_axis is not None and chain_axis != axis:
             return Skip(
                 Reason.CHANNEL_MISMATCH,
@@ -158,15 +162,16 @@ class BackwardRule:
 
 
 def walk_back(chain: AffineChain) -> tuple[ir.Node, list[ir.Node]] | Skip:
-    """The node that produces the chain's input, looking through layout ops; returns it and
-    the layout ops in data order."""
+    """The node that produces the chain's input, looking through layout ops and the ops an
+    affine commutes with (bnfold/rules/commuting.py); returns it and those ops in data order."""
     value = chain.input
     layout_nodes: list[ir.Node] = []
     while True:
         producer = value.producer()
         if producer is None:
             return Skip(Reason.NO_LINEAR_NEIGHBOUR, f"reads the graph input {value.name}")
-        if producer.op_type not in LAYOUT_OPS or producer.inputs[0] is None:
+        passable = producer.op_type in LAYOUT_OPS or is_commuting(producer, backward=True)
+        if not passable or not producer.inputs or producer.inputs[0] is None:
             return producer, list(reversed(layout_nodes))
         layout_nodes.append(producer)
         value = producer.inputs[0]
@@ -179,6 +184,10 @@ def exclusive_path_skip(
     be no graph output, or folding would change what other readers see."""
     readers = [*layout_nodes, chain.ops[0].node]
     values = [producer.outputs[0], *(node.outputs[0] for node in layout_nodes)]
+    for node in layout_nodes:  # MaxPool's Indices, Dropout's mask: see the scaled data too
+        for extra in node.outputs[1:]:
+            if extra.name and (list(extra.uses()) or extra.is_graph_output()):
+                return Skip(Reason.SHARED_OUTPUT, f"{node_label(node)} output {extra.name} is read")
     for value, reader in zip(values, readers, strict=True):
         if value.is_graph_output():
             return Skip(Reason.GRAPH_OUTPUT, f"{value.name} is a graph output")

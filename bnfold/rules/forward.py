@@ -41,6 +41,7 @@ from bnfold.graph import (
 )
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import FoldContext, Folded, remove_affine_chain
+from bnfold.rules.commuting import affine_skip, follow_ids, is_commuting
 
 # Readers that only look at the shape, which the fold keeps (tf2onnx's Flatten is
 # Shape -> Gather -> Concat -> Reshape, with the Shape reading the BN output).
@@ -76,11 +77,24 @@ class ForwardTarget:
 
 @dataclass
 class Reader:
-    """A node that reads the affine's output at input ``index``, through ``layout`` nodes."""
+    """A node that reads the affine's output at input ``index``, through ``layout`` nodes
+    (layout ops and ops the affine commutes with); ``ports[i]`` is the (input, output) of
+    ``layout[i]`` the path goes through (a Concat's second input, a Split's third output)."""
 
     node: ir.Node
     index: int
     layout: list[ir.Node] = field(default_factory=list)
+    ports: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _passable(node: ir.Node, index: int) -> bool | None:
+    """Whether the walk goes through ``node`` entering at input ``index``; ``None`` when the
+    node is passable but not through that input (a Resize reading the BN as its scales)."""
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in LAYOUT_OPS or is_commuting(node):
+        return index == 0 or node.op_type == "Concat" or None
+    return False
 
 
 def walk_forward(value: ir.Value) -> tuple[list[Reader], list[str]]:
@@ -89,22 +103,26 @@ def walk_forward(value: ir.Value) -> tuple[list[Reader], list[str]]:
     are left out: the fold does not change the shape they read."""
     readers: list[Reader] = []
     blockers: list[str] = []
-    pending: list[tuple[ir.Value, list[ir.Node]]] = [(value, [])]
+    pending: list[tuple[ir.Value, Reader]] = [(value, Reader(value.producer(), -1))]  # type: ignore[arg-type]
     while pending:
-        current, layout = pending.pop()
+        current, path = pending.pop()
         if current.is_graph_output():
             blockers.append(f"{current.name} is a graph output")
         for use in sorted(current.uses(), key=lambda use: (node_label(use.node), use.idx)):
             node = use.node
             if node.op_type in SHAPE_ONLY_OPS and node.domain in ("", "ai.onnx"):
                 continue
-            if node.op_type in LAYOUT_OPS and node.domain in ("", "ai.onnx"):
-                if use.idx != 0:
-                    blockers.append(f"{node_label(node)} reads it as input {use.idx}")
-                else:
-                    pending.append((node.outputs[0], [*layout, node]))
-                continue
-            readers.append(Reader(node, use.idx, layout))
+            passable = _passable(node, use.idx)
+            if passable is None:
+                blockers.append(f"{node_label(node)} reads it as input {use.idx}")
+            elif passable:
+                # Every output that carries data carries the affine (Split: each part).
+                data_outputs = range(len(node.outputs)) if node.op_type == "Split" else [0]
+                for exit_ in data_outputs:
+                    step = Reader(node, -1, [*path.layout, node], [*path.ports, (use.idx, exit_)])
+                    pending.append((node.outputs[exit_], step))
+            else:
+                readers.append(Reader(node, use.idx, path.layout, path.ports))
     return readers, blockers
 
 
@@ -186,8 +204,13 @@ def _reshape(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
     return ChannelMap(channel_map.ids.reshape((1, *static_rest)), out_dynamic)
 
 
-def follow_layout(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
-    """The channel map at ``node``'s output, given it at its data input."""
+def follow_layout(
+    node: ir.Node, channel_map: ChannelMap, port: tuple[int, int] = (0, 0)
+) -> ChannelMap | Skip:
+    """The channel map at ``node``'s output ``port[1]``, given it at its input ``port[0]``."""
+    if is_commuting(node):
+        followed = follow_ids(node, (channel_map.ids, channel_map.dynamic), *port)
+        return followed if isinstance(followed, Skip) else ChannelMap(*followed)
     if node.op_type == "Identity":
         return channel_map
     if node.op_type == "Transpose":
@@ -199,10 +222,15 @@ def follow_layout(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
     return _reshape(node, channel_map)
 
 
-def initial_channel_map(chain: AffineChain, axis: int, channels: int) -> ChannelMap | Skip:
+def initial_channel_map(chain: AffineChain, axis: int | None, channels: int) -> ChannelMap | Skip:
+    """Each element's BN channel at the chain's output; a scalar chain (``axis`` None) is
+    channel 0 everywhere."""
     dims = static_dims(chain.output) or static_dims(chain.input)
     if dims is None:
         return Skip(Reason.UNPROVEN_LAYOUT, f"the shape of {chain.output.name} is unknown")
+    if axis is None:
+        shape = tuple(1 if size is None else size for size in dims)
+        return ChannelMap(np.zeros(shape, np.int64), tuple(size is None for size in dims))
     if axis >= len(dims) or dims[axis] != channels:
         return Skip(
             Reason.UNPROVEN_LAYOUT,
@@ -328,6 +356,9 @@ class AffineThenLinear:
         layer = target.describe(reader.node)
         if isinstance(layer, Skip):
             return layer
+        for node in reader.layout:
+            if is_commuting(node) and (condition := affine_skip(node, affine)):
+                return condition
         per_feature = self._per_feature(chain, reader, layer, affine, chain_axis)
         if isinstance(per_feature, Skip):
             return per_feature
@@ -347,7 +378,8 @@ class AffineThenLinear:
         """``(s, t)`` for each of the layer's input features."""
         features = layer.in_features
         label = node_label(layer.node)
-        if chain_axis is None:  # a scalar affine commutes with every layout op
+        concat = any(node.op_type == "Concat" for node in reader.layout)
+        if chain_axis is None and not concat:  # a scalar commutes with every layout op
             if affine.channels != 1:
                 return Skip(Reason.CHANNEL_MISMATCH, "a per-channel affine without a known axis")
             return affine.broadcast_to(features)
@@ -373,10 +405,10 @@ class AffineThenLinear:
                 )
             return affine.broadcast_to(features)
         channel_map = initial_channel_map(chain, chain_axis, channels)
-        for node in reader.layout:
+        for node, port in zip(reader.layout, reader.ports, strict=True):
             if isinstance(channel_map, Skip):
                 break
-            channel_map = follow_layout(node, channel_map)
+            channel_map = follow_layout(node, channel_map, port)
         if isinstance(channel_map, Skip):
             return channel_map
         channel_of_feature = features_to_channels(
@@ -385,7 +417,9 @@ class AffineThenLinear:
         if isinstance(channel_of_feature, Skip):
             return channel_of_feature
         full = affine.broadcast_to(channels)
-        return ScaleShift(full.scale[channel_of_feature], full.shift[channel_of_feature])
+        # Channel -1 (another input of a Concat) takes the identity appended at the end.
+        scale, shift = np.append(full.scale, 1.0), np.append(full.shift, 0.0)
+        return ScaleShift(scale[channel_of_feature], shift[channel_of_feature])
 
 
 __all__ = [

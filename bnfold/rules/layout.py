@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from bnfold.foldlog import Reason, Skip
 from bnfold.graph import ints_attr, node_label, static_dims
+from bnfold.rules.commuting import is_commuting, map_axis
 
 
 def _product(dims: tuple[int | None, ...]) -> int | None:
@@ -38,6 +39,8 @@ def _reshaped_axis(
 
 def map_channel_axis(node: ir.Node, axis: int, channels: int) -> int | Skip:
     """The channel axis at ``node``'s output, given it is ``axis`` at its data input."""
+    if is_commuting(node):
+        return map_axis(node, axis)
     if node.op_type == "Identity":
         return axis
     if node.op_type == "Transpose":
