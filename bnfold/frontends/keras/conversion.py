@@ -46,10 +46,19 @@ def _tf_call_nodes(proto: onnx.ModelProto) -> list[str]:
 _XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope", "_noinline")
 
 
-def _convert_without_xla(tf: Any, tf2onnx: Any, function: Any, opset: int | None) -> Any:
-    """tf2onnx on the frozen graph with the XLA marks removed, so that the XLA-compiled
-    functions are inlined and their ops (a grouped Conv2D, an NCDHW Conv3D) converted
-    like any other; tf2onnx keeps such calls as TF nodes otherwise."""
+def _captures_tensors(tf: Any, function: Any, arguments: int) -> bool:
+    """True when the traced function captures tensors that are not variables (EfficientNet's
+    Normalization mean and variance): tf2onnx turns each into an extra graph input, while
+    freezing makes them constants."""
+    captured = function.get_concrete_function().inputs[arguments:]
+    return any(tensor.dtype != tf.dtypes.resource for tensor in captured)
+
+
+def _convert_frozen(tf: Any, tf2onnx: Any, function: Any, opset: int | None) -> Any:
+    """tf2onnx on the frozen graph (variables and captured tensors become constants) with the
+    XLA marks removed, so that the XLA-compiled functions are inlined and their ops (a grouped
+    Conv2D, an NCDHW Conv3D) converted like any other; tf2onnx keeps such calls as TF nodes
+    otherwise."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -147,11 +156,14 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
     function = tf.function(call, input_signature=signature, jit_compile=False, autograph=False)
     try:
         with quiet_native_stderr():
-            proto, _ = tf2onnx.convert.from_function(
-                function, input_signature=signature, opset=opset
-            )
-            if _tf_call_nodes(proto):
-                proto = _convert_without_xla(tf, tf2onnx, function, opset)
+            if _captures_tensors(tf, function, len(signature)):
+                proto = _convert_frozen(tf, tf2onnx, function, opset)
+            else:
+                proto, _ = tf2onnx.convert.from_function(
+                    function, input_signature=signature, opset=opset
+                )
+                if _tf_call_nodes(proto):
+                    proto = _convert_frozen(tf, tf2onnx, function, opset)
     except Exception as error:
         raise InputError(f"tf2onnx cannot convert the model: {first_line(error)}") from error
     proto.ir_version = min(proto.ir_version, MAX_ONNX_IR_VERSION)
