@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from bnfold.constants import constant_value, drop_dead_producers
+
 # Ops that only move data around: a per-channel affine can be folded through them when the
 # channel mapping is proven (see bnfold/rules/layout.py).
 LAYOUT_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
@@ -24,19 +26,10 @@ def node_label(node: ir.Node) -> str:
 
 def constant_array(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
     """The value's array if it is a true constant: an initializer that is NOT also a graph
-    input (those can be overridden at run time), or a Constant node's output."""
-    if value is None or value.is_graph_input():
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is None or producer.op_type != "Constant" or producer.domain not in ("", "ai.onnx"):
-        return None
-    try:
-        tensor = ir.convenience.get_const_tensor(value)
-    except Exception:  # an unusual Constant (sparse, string) is simply not a constant for us
-        return None
-    return None if tensor is None else tensor.numpy()
+    input (those can be overridden at run time), a Constant node's output, or the output of a
+    constant-only subgraph (``Reshape(Constant)``, ``Shape`` of a static shape; see
+    bnfold/constants.py), computed lazily without changing the graph."""
+    return constant_value(value)
 
 
 def sole_consumer(value: ir.Value) -> ir.Node | None:
@@ -152,6 +145,8 @@ def set_constant_input(
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)
+    if current is not None:
+        drop_dead_producers(graph, [current])  # a computed constant's subgraph, now unread
 
 
 def bypass(graph: ir.Graph, removed_output: ir.Value, replacement: ir.Value) -> None:
@@ -172,4 +167,8 @@ def bypass(graph: ir.Graph, removed_output: ir.Value, replacement: ir.Value) -> 
 
 
 def remove_nodes(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    """Remove ``nodes`` and the constant subgraphs only they read (BN parameters written as
+    ``Reshape(Constant)``)."""
+    inputs = [value for node in nodes for value in node.inputs if value is not None]
     graph.remove(nodes, safe=True)
+    drop_dead_producers(graph, inputs)
