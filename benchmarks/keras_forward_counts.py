@@ -57,7 +57,9 @@ def measure(name: str, seed: int, batch: int, folder: Path) -> None:
     for suffix in (".onnx", ".keras"):
         started = time.perf_counter()
         result = bnfold.fold(
-            path, output=folder / f"{name}_folded{suffix}", seed=seed, dims={"batch": batch}
+            path,
+            folder / f"{name}_folded{suffix}",
+            check=bnfold.CheckSettings(seed=seed, dims={"batch": batch}),
         )
         seconds = time.perf_counter() - started
         summary = summarise(result)

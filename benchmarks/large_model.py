@@ -149,7 +149,9 @@ def main() -> int:
     sampler = Sampler()
     sampler.start()
     fold_started = time.perf_counter()
-    result = bnfold.fold(source, output=out_dir / "folded.onnx", dims={"batch": 1})
+    result = bnfold.fold(
+        source, out_dir / "folded.onnx", check=bnfold.CheckSettings(dims={"batch": 1})
+    )
     fold_ended = time.perf_counter()
     sampler.stop()
     assert result.check is not None

@@ -240,7 +240,7 @@ def run_bnfold(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     # which prove channel axes through MatMul (an in-memory proto is folded as given).
     path = folder / "bnfold_input.onnx"
     onnx.save(proto, path)
-    result = bnfold.fold(path, check=False)
+    result = bnfold.fold(path, check=None)
     assert result.model is not None
     return ir.serde.serialize_model(result.model)
 

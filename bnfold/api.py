@@ -1,449 +1,341 @@
-"""The library: ``fold``, ``check`` and ``inspect``, usable in a pipeline without the CLI.
+"""The pipeline: ``fold``, ``check``, ``inspect`` and ``benchmark``, usable without the CLI.
 
-result = bnfold.fold("model.onnx", output="folded.onnx")   # raises CheckFailedError
-print(result.counts(), result.check.max_rel)
+    result = bnfold.fold("model.onnx", "folded.onnx")   # raises CheckFailedError
+    print(result.counts(), result.check.max_rel)
+
+Every model goes through the same steps, each once: load (its front end) -> [convert to ONNX]
+-> fold -> check -> write. A front end (``bnfold.frontends.base.Frontend``) is picked from the
+input (a file's suffix, an object's type); the output's format follows its suffix. The run
+record (check, timings, sizes, latency, output path) is the pipeline's ``FoldResult``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-import numpy.typing as npt
-import onnx
-import onnx_ir as ir
-
-from bnfold.check.equivalence import (
-    ModelSource,
-    load_npz_inputs,
-    random_inputs,
-    run_model,
-)
-from bnfold.comparison import CheckResult, compare_outputs
-from bnfold.errors import CheckFailedError, OutputError, UsageError
-from bnfold.fold import FoldResult, fold_model
-from bnfold.frontends.onnx import (
-    ONNX_SUFFIXES,
-    annotate_shapes,
-    atomic_folder,
-    has_external_tensors,
-    infer_shapes,
-    input_specs,
-    load_onnx,
-    needs_external_data,
-    save_onnx,
-)
-from bnfold.specs import InputSpec
-
-if TYPE_CHECKING:
-    from bnfold.check.latency import LatencyResult
-    from bnfold.sizes import SizeComparison
+from bnfold.errors import CheckFailedError, UsageError
+from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
+from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
+from bnfold.settings import BenchSettings, CheckSettings
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-# What to do when the check cannot run the original (custom ops, invalid parameters).
-NO_CHECK_HINT = "pass --no-check (check=False) to fold without the check"
-ModelInput = ir.Model | onnx.ModelProto | str | os.PathLike[str]
-Inputs = Mapping[str, npt.NDArray[Any]] | str | os.PathLike[str] | None
+ONNX_SUFFIXES = (".onnx",)
+Progress = Callable[[int], None]
+PathLike = str | os.PathLike[str]
+# The defaults of the functions below (frozen, so one shared instance each is safe).
+DEFAULT_CHECK = CheckSettings()
+DEFAULT_LOAD = LoadSettings()
+DEFAULT_BENCH = BenchSettings()
+BENCH_CHECK = CheckSettings(float64=True)  # a benchmark's report shows the float64 columns
 
 
-def _suffix(path: str | os.PathLike[str]) -> str:
+def _suffix(path: PathLike) -> str:
     return Path(path).suffix.lower()
 
 
-def _is_keras_path(model: Any) -> bool:
-    return isinstance(model, str | os.PathLike) and _suffix(model) in KERAS_SUFFIXES
+def _is_path(model: Any) -> bool:
+    return isinstance(model, str | os.PathLike)
 
 
-def _feeds(
-    specs: list[InputSpec], inputs: Inputs, seed: int, dims: Mapping[str, int] | None
-) -> tuple[dict[str, npt.NDArray[Any]], str]:
-    if inputs is None:
-        feeds = random_inputs(specs, seed=seed, dims=dims)
-        shapes = ", ".join(f"{name}{list(array.shape)}" for name, array in feeds.items())
-        return feeds, f"random normal, seed {seed}: {shapes}"
-    if isinstance(inputs, str | os.PathLike):
-        return load_npz_inputs(inputs, specs), f"from {inputs}"
-    return dict(inputs), "given by the caller"
+def frontend_for(model: Any) -> Frontend:
+    """The front end of ``model``: a Keras file or ``keras.Model``, else ONNX (whose loader
+    says in one line why a file is not a model)."""
+    # A directory is a SavedModel (the Keras front end says in one line when it is not one).
+    keras_path = _is_path(model) and (_suffix(model) in KERAS_SUFFIXES or Path(model).is_dir())
+    if keras_path or hasattr(model, "get_config"):
+        from bnfold.frontends.keras import KerasFrontend
+
+        # cast: KerasFrontend.suffixes is inferred as a fixed-length tuple, not tuple[str, ...]
+        return cast(Frontend, KerasFrontend())
+    from bnfold.frontends.onnx_frontend import OnnxFrontend
+
+    return OnnxFrontend()
 
 
-def _validate_output(
-    source: Any, output: str | os.PathLike[str] | None, overwrite_input: bool
-) -> None:
+def _label(model: Any) -> str:
+    return str(model) if _is_path(model) else "the model"
+
+
+def _validate_output(source: Any, output: PathLike | None, overwrite_input: bool) -> None:
     if output is None:
         return
     suffix = _suffix(output)
     if suffix not in ONNX_SUFFIXES + KERAS_SUFFIXES:
         raise UsageError(f"{output}: output must end in .onnx, .keras or .h5")
-    if suffix in KERAS_SUFFIXES and not _is_keras_path(source):
+    if suffix in KERAS_SUFFIXES and frontend_for(source).name != "keras":
         raise UsageError(f"{output}: Keras output needs a Keras input; write .onnx instead")
-    if (
-        isinstance(source, str | os.PathLike)
-        and Path(source).resolve() == Path(output).resolve()
-        and not overwrite_input
-    ):
+    same = _is_path(source) and Path(source).resolve() == Path(output).resolve()
+    if same and not overwrite_input:
         raise UsageError(f"{output} is the input file; pass --overwrite-input to replace it")
 
 
-def _label(model: Any) -> str:
-    return str(model) if isinstance(model, str | os.PathLike) else "the model"
+def _gated(settings: CheckSettings, frontend: Frontend, model: Any) -> CheckSettings:
+    """The settings with the gate of the dtype the model computes in, where the caller set
+    none and it differs from the outputs' (a Keras mixed-precision model: float16's)."""
+    dtype = frontend.compute_dtype(model)
+    if dtype is None or (settings.rtol is not None and settings.atol is not None):
+        return settings
+    from bnfold.comparison import DEFAULT_TOLERANCES
+
+    rtol, atol = DEFAULT_TOLERANCES.get(dtype, (settings.rtol, settings.atol))
+    return dataclasses.replace(
+        settings,
+        rtol=settings.rtol if settings.rtol is not None else rtol,
+        atol=settings.atol if settings.atol is not None else atol,
+    )
 
 
-def _reference_source(
-    model: ModelInput, check: bool, scratch: contextlib.ExitStack
-) -> tuple[ir.Model, ModelSource | None]:
-    """The model to fold and a frozen copy of the original for the check (``None`` without
-    the check). An in-memory model too large for one protobuf is frozen in a temporary folder
-    with external data, which ``scratch`` removes."""
-    if isinstance(model, ir.Model):
-        if not check:
-            return model, None
-        if needs_external_data(model):
-            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="bnfold-")))
-            ir.save(model, folder / "reference.onnx", external_data="reference.onnx.data")
-            return model, folder / "reference.onnx"
-        return model, ir.serde.serialize_model(model).SerializeToString()
-    if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model), model.SerializeToString() if check else None
-    return load_onnx(model), str(model) if check else None
+def _unfolded_onnx(frontend: Frontend, model: Any, load: LoadSettings) -> Any:
+    """``model`` as ONNX, unfolded and frozen (call before folding): the baseline a fold is
+    sized, timed and float64-checked against."""
+    unfolded = getattr(frontend, "unfolded_onnx", None)
+    if unfolded is not None:
+        return unfolded(model, load)
+    # KerasFrontend has no unfolded_onnx yet: its to_onnx folds what the conversion left.
+    from bnfold.frontends.keras import keras_to_onnx
+
+    return keras_to_onnx(model, opset=load.opset)
+
+
+class _Reference:
+    """The original's side of a check, taken before the fold changes anything: its input
+    sets, its outputs on them and (with ``float64``) its float64 outputs."""
+
+    def __init__(self, frontend: Frontend, model: Any, settings: CheckSettings, baseline: Any):
+        from bnfold.check.equivalence import check_feeds, float64_outputs
+
+        self.settings = _gated(settings, frontend, model)
+        self.specs = frontend.input_specs(model)
+        self.feed_sets, self.description = check_feeds(self.specs, self.settings)
+        self.expected = [frontend.run(model, feeds) for feeds in self.feed_sets]
+        self.float64 = float64_outputs(baseline, self.feed_sets) if settings.float64 else ([], "")
+
+    def compare(self, run: Callable[[Arrays], Arrays]) -> CheckResult:
+        from bnfold.check.equivalence import compare_runs
+
+        actual = [run(feeds) for feeds in self.feed_sets]
+        return compare_runs(self.expected, actual, self.settings, self.description, self.float64)
+
+
+def _stage(seconds: dict[str, float], name: str, started: float) -> float:
+    now = time.perf_counter()
+    seconds[name] = seconds.get(name, 0.0) + now - started
+    return now
+
+
+def _writer(frontend: Frontend, output: PathLike | None) -> Frontend:
+    """The front end of the output: Keras for a Keras file, else ONNX (the input's own front
+    end when it is ONNX, so that it can copy a file nothing was folded in)."""
+    wants_keras = output is not None and _suffix(output) in KERAS_SUFFIXES
+    if wants_keras or frontend.name == "onnx":
+        return frontend
+    from bnfold.frontends.onnx_frontend import OnnxFrontend
+
+    return OnnxFrontend()
+
+
+def _save(writer: Frontend, model: Any, output: PathLike) -> None:
+    if writer.name != "keras":
+        writer.save(model, output)
+        return
+    # KerasFrontend.save writes straight to its path; staged here so a failure leaves nothing.
+    from bnfold.frontends.onnx import atomic_folder
+
+    target = Path(output)
+    with atomic_folder(target) as scratch:
+        writer.save(model, scratch / target.name)
+        os.replace(scratch / target.name, target)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One pass of the pipeline; ``fold`` below says what each setting does."""
+
+    source: Any
+    output: PathLike | None
+    check: CheckSettings | None
+    load: LoadSettings
+    bench: BenchSettings | None
+    sizes: bool
+    progress: Progress | None
+
+    def execute(self) -> FoldResult:
+        seconds: dict[str, float] = {}
+        frontend = frontend_for(self.source)  # its imports are not the model's load time
+        started = time.perf_counter()
+        original = frontend.load(self.source, self.load)
+        started = _stage(seconds, "load", started)
+        wants_baseline = self.sizes or self.bench is not None
+        wants_baseline = wants_baseline or (self.check is not None and self.check.float64)
+        baseline = _unfolded_onnx(frontend, original, self.load) if wants_baseline else None
+        reference = _Reference(frontend, original, self.check, baseline) if self.check else None
+        started = _stage(seconds, "check", started) if reference else started
+        outcome = frontend.fold(original)
+        started = _stage(seconds, "fold", started)
+        writer = _writer(frontend, self.output)
+        if writer is not frontend:
+            converted = frontend.to_onnx(outcome, self.load)
+            started = _stage(seconds, "convert", started)
+            outcome = converted
+        result = FoldResult(outcome.model, outcome.entries, seconds=seconds)
+        if reference is not None:
+            result.check = reference.compare(lambda feeds: writer.run(outcome.model, feeds))
+            started = _stage(seconds, "check", started)
+        if baseline is not None and writer.name == "onnx":
+            result.sizes = _compare_sizes(baseline, outcome.model)
+        self._write(writer, outcome, result)
+        if self.bench is not None and writer.name == "onnx" and not _failed(result.check):
+            names = (_label(self.source), "folded")
+            result.latency = _time(baseline, outcome.model, self.bench, names, self.progress)
+        return result
+
+    def _write(self, writer: Frontend, outcome: FoldOutcome, result: FoldResult) -> None:
+        if self.output is None:
+            return
+        if result.check is not None and not result.check.passed:
+            raise CheckFailedError(
+                f"the folded model differs from the original "
+                f"(max rel {result.check.max_rel:.3g}); {self.output} not written",
+                result,
+            )
+        started = time.perf_counter()
+        _save(writer, outcome.model, self.output)
+        result.output = str(self.output)
+        _stage(result.seconds, "write", started)
+
+
+def _failed(check: CheckResult | None) -> bool:
+    return check is not None and not check.passed
+
+
+def _compare_sizes(baseline: Any, folded: Any) -> SizeComparison:
+    from bnfold.sizes import compare_sizes
+
+    return compare_sizes(baseline, folded)
+
+
+def _time(
+    baseline: Any,
+    candidate: Any,
+    settings: BenchSettings,
+    names: tuple[str, str],
+    progress: Progress | None,
+) -> Any:
+    from bnfold.check import latency
+    from bnfold.frontends.onnx import input_specs, load_onnx
+    from bnfold.sizes import as_ir
+
+    model = load_onnx(baseline) if isinstance(baseline, str) else as_ir(baseline)
+    specs = input_specs(model)
+    return latency.benchmark(baseline, candidate, specs, settings, names=names, progress=progress)
 
 
 def fold(
-    model: ModelInput,
+    model: Any,
+    output: PathLike | None = None,
     *,
-    output: str | os.PathLike[str] | None = None,
-    check: bool = True,
-    inputs: Inputs = None,
-    dims: Mapping[str, int] | None = None,
-    seed: int = 0,
-    rtol: float | None = None,
-    atol: float | None = None,
-    allow_unsafe: bool = False,
-    opset: int | None = None,
+    check: CheckSettings | None = DEFAULT_CHECK,
+    load: LoadSettings = DEFAULT_LOAD,
+    bench: BenchSettings | None = None,
+    sizes: bool = False,
     overwrite_input: bool = False,
+    progress: Progress | None = None,
 ) -> FoldResult:
     """Fold every BN ``model`` allows, check the result against the original, write ``output``.
 
-    ``model`` is an ONNX or Keras path, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (folded
-    in place). With ``check`` the original (onnxruntime, optimisations disabled; Keras for
-    Keras input) and the folded model run on the same ``inputs`` (a dict, an .npz path, or
-    seeded random values with dynamic ``dims`` sized as given). ``output`` is written
-    atomically, and only when the check passes; otherwise ``CheckFailedError`` carries the
-    result.
+    ``model`` is an ONNX or Keras path, an ``onnx.ModelProto``, an ``onnx_ir.Model`` (folded
+    in place) or a ``keras.Model``. ``output``'s suffix picks the format (``.onnx``; ``.keras``
+    or ``.h5`` for Keras input); it is written atomically, only when the check passes
+    (otherwise ``CheckFailedError`` carries the result), and never over the input unless
+    ``overwrite_input``. ``check`` says how the original (onnxruntime with optimisations
+    disabled, or Keras) and the folded model are compared; ``None`` skips the check. ``load``
+    says how files are read. ``sizes`` counts nodes and weights before and after, ``bench``
+    also times both models in onnxruntime (``progress`` gets 1 per timed pair); both need ONNX
+    output, and a Keras input is then timed as its unfolded conversion.
     """
     _validate_output(model, output, overwrite_input)
-    if _is_keras_path(model):
-        assert isinstance(model, str | os.PathLike)
-        return _fold_keras(
-            Path(model),
-            output=output,
-            check=check,
-            inputs=inputs,
-            dims=dims,
-            seed=seed,
-            rtol=rtol,
-            atol=atol,
-            allow_unsafe=allow_unsafe,
-            opset=opset,
-        )
-    started = time.perf_counter()
-    with contextlib.ExitStack() as scratch:
-        ir_model, reference = _reference_source(model, check, scratch)
-        if not isinstance(model, str | os.PathLike):
-            annotate_shapes(ir_model)  # a loaded file got its shapes in load_onnx
-        loaded = time.perf_counter()
-        feeds, description = (
-            _feeds(input_specs(ir_model), inputs, seed, dims) if check else ({}, "")
-        )
-        result = fold_model(ir_model)
-        folded = time.perf_counter()
-        result.seconds = {"load": loaded - started, "fold": folded - loaded}
-        if reference is not None:
-            expected = run_model(reference, feeds, label=_label(model), hint=NO_CHECK_HINT)
-            actual = run_model(ir_model, feeds)
-            result.check = compare_outputs(
-                expected, actual, rtol=rtol, atol=atol, inputs=description
-            )
-            result.seconds["check"] = time.perf_counter() - folded
-    unchanged_file = (
-        Path(model)
-        if isinstance(model, str | os.PathLike)
-        and not result.changed
-        and not has_external_tensors(ir_model)
-        else None
-    )
-    _write(result, output, copy_of=unchanged_file)
-    return result
+    return _Run(model, output, check, load, bench, sizes, progress).execute()
 
 
-def _write(
-    result: FoldResult, output: str | os.PathLike[str] | None, copy_of: Path | None = None
-) -> None:
-    """Write the folded model; ``copy_of`` names an input file to copy byte for byte
-    because nothing in it was folded."""
-    if output is None:
-        return
-    if result.check is not None and not result.check.passed:
-        raise CheckFailedError(
-            f"the folded model differs from the original (max rel {result.check.max_rel:.3g}); "
-            f"{output} not written",
-            result,
-        )
-    started = time.perf_counter()
-    if _suffix(output) in KERAS_SUFFIXES:
-        from bnfold.frontends import keras as keras_frontend
-
-        _save_keras_atomically(keras_frontend, result.keras_model, Path(output))
-    elif copy_of is not None:
-        _copy_atomically(copy_of, Path(output))
-    else:
-        assert result.model is not None
-        save_onnx(result.model, output)
-    result.output = str(output)
-    result.seconds["write"] = time.perf_counter() - started
-
-
-def _copy_atomically(source: Path, path: Path) -> None:
-    with atomic_folder(path) as scratch:
-        staged = scratch / path.name
-        try:
-            shutil.copyfile(source, staged)
-            os.replace(staged, path)
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
-
-
-def _save_keras_atomically(frontend: Any, keras_model: Any, path: Path) -> None:
-    with atomic_folder(path) as scratch:
-        staged = scratch / path.name
-        frontend.save_keras_model(keras_model, staged)
-        try:
-            os.replace(staged, path)
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
-
-
-def _fold_keras(
-    path: Path,
-    *,
-    output: str | os.PathLike[str] | None,
-    check: bool,
-    inputs: Inputs,
-    dims: Mapping[str, int] | None,
-    seed: int,
-    rtol: float | None,
-    atol: float | None,
-    allow_unsafe: bool,
-    opset: int | None,
-) -> FoldResult:
-    from bnfold.frontends import keras as keras_frontend
-
-    started = time.perf_counter()
-    original = keras_frontend.load_keras_model(path, allow_unsafe=allow_unsafe)
-    loaded = time.perf_counter()
-    feeds, description = (
-        _feeds(keras_frontend.keras_input_specs(original), inputs, seed, dims)
-        if check
-        else ({}, "")
-    )
-    expected = keras_frontend.predict_keras(original, feeds) if check else {}
-    folded_keras, keras_entries = keras_frontend.fold_keras_model(original)
-    for entry in keras_entries:
-        entry.stage = "keras"
-    seconds = {"load": loaded - started, "fold": time.perf_counter() - loaded}
-    to_onnx = output is None or _suffix(output) in ONNX_SUFFIXES
-    if to_onnx:
-        converted = time.perf_counter()
-        onnx_model = infer_shapes(keras_frontend.keras_to_onnx(folded_keras, opset=opset))
-        seconds["convert"] = time.perf_counter() - converted
-        result = fold_model(onnx_model)
-        from bnfold.frontends.keras.onnx_log import merge_stage_logs
-
-        result.entries = merge_stage_logs(keras_entries, result.entries)
-    else:
-        result = FoldResult(None, keras_entries)
-    result.keras_model = folded_keras
-    result.seconds = seconds
-    if check:
-        checked = time.perf_counter()
-        actual = (
-            run_model(onnx_model, feeds)
-            if to_onnx
-            else keras_frontend.predict_keras(folded_keras, feeds)
-        )
-        result.check = compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
-        result.seconds["check"] = time.perf_counter() - checked
-    _write(result, output)
-    return result
-
-
-def inspect(model: ModelInput, *, allow_unsafe: bool = False) -> FoldResult:
+def inspect(model: Any, *, load: LoadSettings = DEFAULT_LOAD) -> FoldResult:
     """The fold log of ``model`` without checking or writing anything."""
-    return fold(model, check=False, allow_unsafe=allow_unsafe)
+    return fold(model, check=None, load=load)
 
 
-def _outputs_of(
-    model: ModelInput, feeds: Mapping[str, npt.NDArray[Any]], allow_unsafe: bool
-) -> dict[str, npt.NDArray[Any]]:
-    if _is_keras_path(model):
-        from bnfold.frontends import keras as keras_frontend
-
-        assert isinstance(model, str | os.PathLike)
-        loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
-        return dict(keras_frontend.predict_keras(loaded, dict(feeds)))
-    if isinstance(model, onnx.ModelProto):
-        return run_model(model.SerializeToString(), feeds, label=_label(model))
-    if isinstance(model, ir.Model):
-        return run_model(model, feeds, label=_label(model))
-    load_onnx(model)  # validates the file: one clear line instead of onnxruntime's error
-    return run_model(str(model), feeds, label=_label(model))
+def _compare(
+    reference: tuple[Frontend, Any],
+    candidate: tuple[Frontend, Any],
+    settings: CheckSettings,
+    load: LoadSettings,
+) -> CheckResult:
+    (ref_frontend, ref_model), (cand_frontend, cand_model) = reference, candidate
+    baseline = _unfolded_onnx(ref_frontend, ref_model, load) if settings.float64 else None
+    checked = _Reference(ref_frontend, ref_model, settings, baseline)
+    return checked.compare(lambda feeds: cand_frontend.run(cand_model, feeds))
 
 
-def _specs_of(model: ModelInput, allow_unsafe: bool) -> list[InputSpec]:
-    if _is_keras_path(model):
-        from bnfold.frontends import keras as keras_frontend
-
-        assert isinstance(model, str | os.PathLike)
-        loaded = keras_frontend.load_keras_model(Path(model), allow_unsafe=allow_unsafe)
-        return list(keras_frontend.keras_input_specs(loaded))
-    if isinstance(model, ir.Model):
-        return input_specs(model)
-    if isinstance(model, onnx.ModelProto):
-        return input_specs(ir.serde.deserialize_model(model))
-    return input_specs(load_onnx(model))
+def _loaded(model: Any, load: LoadSettings) -> tuple[Frontend, Any]:
+    frontend = frontend_for(model)
+    return frontend, frontend.load(model, load)
 
 
 def check(
-    reference: ModelInput,
-    candidate: ModelInput,
+    reference: Any,
+    candidate: Any,
     *,
-    inputs: Inputs = None,
-    dims: Mapping[str, int] | None = None,
-    seed: int = 0,
-    rtol: float | None = None,
-    atol: float | None = None,
-    allow_unsafe: bool = False,
+    settings: CheckSettings = DEFAULT_CHECK,
+    load: LoadSettings = DEFAULT_LOAD,
 ) -> CheckResult:
     """Run both models (ONNX in onnxruntime without optimisations, Keras in Keras) on the same
     inputs and compare every output of ``reference``; inputs are shaped after ``reference``."""
-    feeds, description = _feeds(_specs_of(reference, allow_unsafe), inputs, seed, dims)
-    expected = _outputs_of(reference, feeds, allow_unsafe)
-    actual = _outputs_of(candidate, feeds, allow_unsafe)
-    return compare_outputs(expected, actual, rtol=rtol, atol=atol, inputs=description)
+    return _compare(_loaded(reference, load), _loaded(candidate, load), settings, load)
 
 
-def save(model: ir.Model, path: str | os.PathLike[str]) -> None:
+def save(model: Any, path: PathLike) -> None:
     """Write a folded ONNX model atomically (external data when it is large)."""
+    from bnfold.frontends.onnx import save_onnx
+
     save_onnx(model, path)
 
 
-@dataclass
-class BenchResult:
-    """What ``benchmark`` measured: the in-memory fold (when no folded model was given), the
-    equivalence check (``None`` without it), sizes before and after, and the latency."""
-
-    fold: FoldResult | None
-    check: CheckResult | None
-    sizes: SizeComparison
-    latency: LatencyResult
-
-
-def keras_as_onnx(path: str | os.PathLike[str], allow_unsafe: bool) -> ir.Model:
-    """The unfolded Keras model converted to ONNX: the baseline a Keras fold is timed against."""
-    from bnfold.frontends import keras as keras_frontend
-
-    loaded = keras_frontend.load_keras_model(Path(path), allow_unsafe=allow_unsafe)
-    return keras_frontend.keras_to_onnx(loaded)
-
-
 def benchmark(
-    model: ModelInput,
-    folded: ModelInput | None = None,
+    model: Any,
+    folded: Any = None,
     *,
-    levels: Sequence[str] = ("all", "disable"),
-    runs: int = 50,
-    warmup: int = 5,
-    time_budget_s: float | None = None,
-    threads: int = 1,
-    batch: int = 1,
-    provider: str = "CPUExecutionProvider",
-    samples: int = 1,
-    seed: int = 0,
-    check: bool = True,
-    allow_unsafe: bool = False,
-    progress: Callable[[int], None] | None = None,
+    bench: BenchSettings = DEFAULT_BENCH,
+    check: CheckSettings | None = BENCH_CHECK,
+    load: LoadSettings = DEFAULT_LOAD,
+    progress: Progress | None = None,
 ) -> BenchResult:
-    """Time ``model`` against ``folded`` in onnxruntime, interleaved, at each of ``levels``
-    (``"all"``: what users deploy, ``"disable"``: a runtime without fusions).
+    """Time ``model`` against ``folded`` (an ONNX model) in onnxruntime, interleaved, at each
+    level of ``bench``, after comparing them with ``check`` (``None``: time only).
 
     Without ``folded``, ``model`` is folded in memory first; a Keras model is then timed as
-    tf2onnx converts it unfolded. With ``check`` both run on ``samples`` seeded input sets
-    (and against a float64 reference where onnxruntime can run one) before timing.
-    ``progress`` gets 1 per timed pair.
+    its unfolded conversion to ONNX. ``progress`` gets 1 per timed pair.
     """
-    from bnfold.check.equivalence import detailed_check
-    from bnfold.check.latency import benchmark as time_models
-    from bnfold.check.latency import benchmark_shapes
-    from bnfold.sizes import compare_sizes
+    from bnfold.check.latency import validate_settings
 
-    result: FoldResult | None = None
-    candidate: ModelSource
+    validate_settings(bench)
     if folded is None:
-        result = fold(model, check=False, allow_unsafe=allow_unsafe)
-        assert result.model is not None
-        candidate = result.model
-        names = (_label(model), "folded in memory")
-    else:
-        if isinstance(folded, str | os.PathLike):
-            load_onnx(folded)  # one clear line for a file that is not a model
-        candidate = (
-            folded if not isinstance(folded, onnx.ModelProto) else folded.SerializeToString()
-        )
-        names = (_label(model), _label(folded))
-    baseline: ir.Model | str
-    if _is_keras_path(model):
-        assert isinstance(model, str | os.PathLike)
-        baseline = keras_as_onnx(model, allow_unsafe)
-    elif isinstance(model, str | os.PathLike):
-        baseline = str(model)
-    else:
-        baseline = _reference_source(model, False, contextlib.ExitStack())[0]
-    base_model = load_onnx(baseline) if isinstance(baseline, str) else baseline
-    specs = input_specs(base_model)
-    checked = None
-    if check:
-        checked = detailed_check(
-            baseline,
-            candidate,
-            specs,
-            samples=samples,
-            seed=seed,
-            shapes=benchmark_shapes(specs, batch),
-        )
-    sizes = compare_sizes(base_model, candidate)
-    latency = time_models(
-        baseline,
-        candidate,
-        specs,
-        levels=levels,
-        threads=threads,
-        batch=batch,
-        provider=provider,
-        warmup=warmup,
-        runs=runs,
-        time_budget_s=time_budget_s,
-        seed=seed,
-        baseline_name=names[0],
-        candidate_name=names[1],
-        progress=progress,
-    )
-    return BenchResult(result, checked, sizes, latency)
+        result = fold(model, check=check, load=load, bench=bench, sizes=True, progress=progress)
+        assert result.sizes is not None and result.latency is not None
+        return BenchResult(result, result.check, result.sizes, result.latency)
+    reference = _loaded(model, load)
+    from bnfold.frontends.onnx_frontend import OnnxFrontend
+
+    candidate_frontend = OnnxFrontend()
+    candidate = (candidate_frontend, candidate_frontend.load(folded, load))
+    baseline = _unfolded_onnx(*reference, load)
+    checked = _compare(reference, candidate, check, load) if check is not None else None
+    target = candidate_frontend.unfolded_onnx(candidate[1], load)
+    names = (_label(model), _label(folded))
+    latency = _time(baseline, target, bench, names, progress)
+    return BenchResult(None, checked, _compare_sizes(baseline, target), latency)
 
 
 __all__ = [
@@ -453,6 +345,7 @@ __all__ = [
     "benchmark",
     "check",
     "fold",
+    "frontend_for",
     "inspect",
     "save",
 ]

@@ -1,29 +1,38 @@
 """The command line: ``bnfold MODEL -o OUT``, ``bnfold inspect``, ``bnfold check``,
-``bnfold bench``.
+``bnfold bench``. It parses options into settings, calls the pipeline (``bnfold.api``),
+prints; nothing else.
 
 The only module that prints or sets exit codes (docs/user-guide.md lists them):
 0 done, 1 the folded model failed the check (nothing written), 2 usage error,
 3 the input cannot be read or is not a model, 4 the output cannot be written,
 5 internal error (a bug: please report it with the --debug traceback).
+
+Heavy modules (numpy, onnx, onnxruntime, the report code) are imported inside the
+commands, so ``bnfold --help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from bnfold._version import __version__
-from bnfold.errors import BnfoldError, CheckFailedError, UsageError
+from bnfold.errors import BnfoldError, CheckFailedError
+from bnfold.settings import LEVEL_CHOICES, BenchSettings, CheckSettings
 
 INTERNAL_ERROR_EXIT = 5
+USAGE_EXIT = 2
+REPORT_SUFFIXES = (".json", ".md", ".html")
+DEFAULT_BENCH = BenchSettings()
+DEFAULT_CHECK = CheckSettings()
 
 
 class DefaultToFold(click.Group):
@@ -34,15 +43,38 @@ class DefaultToFold(click.Group):
             args = ["fold", *args]
         return super().parse_args(ctx, args)
 
+    def main(  # type: ignore[override]  # one signature for both of click's overloads
+        self, args: Any = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        """click's main, except that with ``--json`` a usage error (exit 2) also prints a JSON
+        document on stdout, like every other exit, so a pipeline reading stdout gets one."""
+        argv = list(sys.argv[1:] if args is None else args)
+        extra["standalone_mode"] = False
+        try:
+            return super().main(argv, prog_name, **extra)
+        except click.UsageError as error:
+            if "--json" in argv:
+                _echo_error_json(error.format_message(), error.exit_code)
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
 
-def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
+
+def _parse_dims(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
     dims = {}
     for value in values:
         name, _, size = value.partition("=")
         if not name or not size.isdigit() or int(size) < 1:
-            raise click.BadParameter(f"{value!r} is not NAME=SIZE", param_hint="--dim")
+            raise click.BadParameter(f"{value!r} is not NAME=SIZE", ctx, param)
         dims[name] = int(size)
     return dims
+
+
+def _report_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and Path(value).suffix.lower() not in REPORT_SUFFIXES:
+        raise click.BadParameter(f"{value!r} must end in .json, .md or .html", ctx, param)
+    return value
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -50,8 +82,13 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _run(debug: bool, action: Callable[[], None]) -> None:
-    """Run a command body: bnfold's errors become one line and their exit code."""
+def _echo_error_json(message: str, code: int) -> None:
+    click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
+
+
+def _run(debug: bool, as_json: bool, action: Callable[[], None]) -> None:
+    """Run a command body: bnfold's errors become one line and their exit code (and, with
+    ``--json``, a JSON document naming both on stdout unless the command printed one)."""
     if debug:
         os.environ["BNFOLD_DEBUG"] = "1"
     else:
@@ -63,26 +100,34 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
     except BnfoldError as error:
         if debug:
             traceback.print_exc()
+        if as_json and not isinstance(error, CheckFailedError):  # those print their report
+            _echo_error_json(str(error), error.exit_code)
         _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as error:
         if debug:
             traceback.print_exc()
-        _fail(
-            f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
-            INTERNAL_ERROR_EXIT,
-        )
+        message = f"internal error: {type(error).__name__}: {error}"
+        if as_json:
+            _echo_error_json(message, INTERNAL_ERROR_EXIT)
+        _fail(f"{message} (run with --debug for the traceback)", INTERNAL_ERROR_EXIT)
 
 
-def _emit_json(document: dict[str, Any]) -> None:
-    from bnfold.report import json_text
+def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
 
-    click.echo(json_text(document))
+    return decorate
 
 
 debug_option = click.option(
     "-v", "--debug", is_flag=True, help="Show tracebacks and the runtimes' own logs."
+)
+seed_option = click.option(
+    "--seed", type=int, default=DEFAULT_CHECK.seed, show_default=True, help="Seed of random inputs."
 )
 tolerance_options = [
     click.option("--atol", type=float, default=None, help="Absolute tolerance of the check."),
@@ -99,19 +144,76 @@ tolerance_options = [
         "dims",
         multiple=True,
         metavar="NAME=SIZE",
+        callback=_parse_dims,
         help="Size of a named dynamic dimension for random inputs (repeatable).",
     ),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs."),
+    seed_option,
 ]
-
-
-def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
-    def decorate(function: Any) -> Any:
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
+report_option = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_report_path,
+    help="Write the fold log, check, sizes and latency to FILE: .json, .md or .html.",
+)
+samples_option = click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHECK.samples,
+    show_default=True,
+    help="Seeded random input sets compared; more than 1 also adds the float64 reference "
+    "and top-1 columns.",
+)
+bench_options = [
+    click.option(
+        "--runs",
+        type=click.IntRange(min=1),
+        default=DEFAULT_BENCH.runs,
+        show_default=True,
+        help="Timed runs of each model per level (interleaved A B A B).",
+    ),
+    click.option(
+        "--warmup",
+        type=click.IntRange(min=0),
+        default=DEFAULT_BENCH.warmup,
+        show_default=True,
+        help="Untimed runs of each model first.",
+    ),
+    click.option(
+        "--time-budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_BENCH.time_budget_s,
+        help="Stop a level after this many seconds even if --runs are not done.",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=DEFAULT_BENCH.threads,
+        show_default=True,
+        help="onnxruntime intra-op threads (0: onnxruntime's default).",
+    ),
+    click.option(
+        "--batch",
+        type=click.IntRange(min=1),
+        default=DEFAULT_BENCH.batch,
+        show_default=True,
+        help="Size of the dynamic batch dimension.",
+    ),
+    click.option(
+        "--provider",
+        default=DEFAULT_BENCH.provider,
+        show_default=True,
+        help="onnxruntime execution provider (any available one).",
+    ),
+    click.option(
+        "--level",
+        type=click.Choice(sorted(LEVEL_CHOICES)),
+        default=next(k for k, v in LEVEL_CHOICES.items() if v == DEFAULT_BENCH.levels),
+        show_default=True,
+        help="Graph optimisation: all (ORT_ENABLE_ALL), disable (ORT_DISABLE_ALL).",
+    ),
+]
 
 
 @click.group(cls=DefaultToFold, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,90 +232,40 @@ def cli() -> None:
     """
 
 
-REPORT_SUFFIXES = (".json", ".md", ".html")
-LEVEL_CHOICES = {"all": ("all",), "disable": ("disable",), "both": ("all", "disable")}
+class _Progress:
+    """A progress bar on stderr, opened by the first timed pair (so it does not sit there
+    while the model folds); click hides the bar, not the label, off a terminal."""
+
+    def __init__(self, total: int, label: str = "Timing (interleaved)") -> None:
+        self.total, self.label = total, label
+        self.bar: Any = None
+
+    def __call__(self, steps: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
-def _report_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and Path(value).suffix.lower() not in REPORT_SUFFIXES:
-        raise click.BadParameter(f"{value!r} must end in .json, .md or .html", ctx, param)
-    return value
-
-
-report_option = click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    callback=_report_path,
-    help="Write the fold log, check, sizes and latency to FILE: .json, .md or .html.",
-)
-bench_options = [
-    click.option(
-        "--runs",
-        type=click.IntRange(min=1),
-        default=50,
-        show_default=True,
-        help="Timed runs of each model per level (interleaved A B A B).",
-    ),
-    click.option(
-        "--warmup",
-        type=click.IntRange(min=0),
-        default=5,
-        show_default=True,
-        help="Untimed runs of each model first.",
-    ),
-    click.option(
-        "--time-budget",
-        type=click.FloatRange(min=0, min_open=True),
-        default=None,
-        help="Stop a level after this many seconds even if --runs are not done.",
-    ),
-    click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=1,
-        show_default=True,
-        help="onnxruntime intra-op threads (0: onnxruntime's default).",
-    ),
-    click.option(
-        "--batch",
-        type=click.IntRange(min=1),
-        default=1,
-        show_default=True,
-        help="Size of the dynamic batch dimension.",
-    ),
-    click.option(
-        "--provider",
-        default="CPUExecutionProvider",
-        show_default=True,
-        help="onnxruntime execution provider (any available one).",
-    ),
-    click.option(
-        "--level",
-        type=click.Choice(sorted(LEVEL_CHOICES)),
-        default="both",
-        show_default=True,
-        help="Graph optimisation: all (ORT_ENABLE_ALL), disable (ORT_DISABLE_ALL).",
-    ),
-]
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr (click hides the bar, not the label, off a terminal)."""
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
-def _write_report(path: str, document: dict[str, Any]) -> None:
-    """Render by suffix and write atomically: a temporary file beside it, then a rename."""
+def _show(document: dict[str, Any], as_json: bool, report_path: str | None) -> None:
+    """Print the document (text or JSON) and write ``--report``: one document for all."""
     from bnfold import report
+
+    click.echo(report.json_text(document) if as_json else report.render_text(document))
+    if report_path is not None:
+        _write_report(report_path, report.render_report(document, Path(report_path).suffix))
+
+
+def _write_report(path: str, text: str) -> None:
+    """Write atomically: a temporary file beside it, then a rename."""
     from bnfold.errors import OutputError
     from bnfold.frontends.onnx import atomic_folder
 
     target = Path(path)
-    text = report.render_report(document, target.suffix)
     with atomic_folder(target) as scratch:
         staged = scratch / target.name
         try:
@@ -223,44 +275,18 @@ def _write_report(path: str, document: dict[str, Any]) -> None:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
-def _measure(
-    baseline: Any, candidate: Any, specs: Any, settings: dict[str, Any], names: tuple[str, str]
-) -> Any:
-    from bnfold.check import latency
+def _load_settings(allow_unsafe: bool, opset: int | None = None) -> Any:
+    from bnfold.frontends.base import LoadSettings
 
-    levels = LEVEL_CHOICES[settings["level"]]
-    with _progress(settings["runs"] * len(levels), "Timing (interleaved)") as progress:
-        return latency.benchmark(
-            baseline,
-            candidate,
-            specs,
-            levels=levels,
-            threads=settings["threads"],
-            batch=settings["batch"],
-            provider=settings["provider"],
-            warmup=settings["warmup"],
-            runs=settings["runs"],
-            time_budget_s=settings["time_budget"],
-            seed=settings.get("seed", 0),
-            baseline_name=names[0],
-            candidate_name=names[1],
-            progress=progress,
-        )
+    return LoadSettings(allow_unsafe=allow_unsafe, opset=opset)
 
 
-DEFAULT_BENCH = {
-    "runs": 50,
-    "warmup": 5,
-    "time_budget": None,
-    "threads": 1,
-    "batch": 1,
-    "provider": "CPUExecutionProvider",
-    "level": "both",
-}
+def _same_file(first: str, second: str) -> bool:
+    return Path(first).resolve() == Path(second).resolve()
 
 
 @cli.command("fold")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # a SavedModel is a directory
 @click.option(
     "-o",
     "--output",
@@ -290,7 +316,7 @@ def fold_command(
     atol: float | None,
     rtol: float | None,
     inputs_path: str | None,
-    dims: tuple[str, ...],
+    dims: dict[str, int],
     seed: int,
     as_json: bool,
     opset: int | None,
@@ -301,10 +327,7 @@ def fold_command(
     debug: bool,
 ) -> None:
     """Fold MODEL, check it against the original and write OUT only if the check passes."""
-    from bnfold import api, report
-
-    dim_sizes = _parse_dims(dims)
-    if bench and not _is_onnx(output):
+    if bench and Path(output).suffix.lower() != ".onnx":
         raise click.BadParameter(
             "--bench times ONNX models; write the folded model as .onnx", param_hint="--bench"
         )
@@ -315,138 +338,65 @@ def fold_command(
             "--overwrite-input onto it",
             param_hint="--overwrite-input",
         )
+    measured = bench or report_path is not None
+    check = CheckSettings(inputs_path, dims, seed, 1, rtol, atol, float64=measured)
+    timing = BenchSettings(seed=seed) if bench else None
+    progress = _Progress(DEFAULT_BENCH.runs * len(DEFAULT_BENCH.levels))
 
     def show(result: Any) -> None:
-        extras = _fold_extras(
-            result,
-            model,
-            bench,
-            report_path,
-            inputs_path,
-            dim_sizes,
-            seed,
-            allow_unsafe,
-            (rtol, atol),
-        )
-        if as_json:
-            _emit_json(report.result_document(result, source=model, **extras))
-        else:
-            click.echo(
-                report.format_report(result, **extras) if extras else report.format_result(result)
-            )
-        if report_path is not None:
-            _write_report(report_path, report.result_document(result, source=model, **extras))
+        from bnfold import report
+
+        _show(report.result_document(result, source=model), as_json, report_path)
 
     def action() -> None:
+        from bnfold import api
+
         try:
             result = api.fold(
                 model,
-                output=output,
-                check=not no_check,
-                inputs=inputs_path,
-                dims=dim_sizes,
-                seed=seed,
-                rtol=rtol,
-                atol=atol,
-                allow_unsafe=allow_unsafe,
-                opset=opset,
+                output,
+                check=None if no_check else check,
+                load=_load_settings(allow_unsafe, opset),
+                bench=timing,
+                sizes=measured,
                 overwrite_input=overwrite_input,
+                progress=progress,
             )
         except CheckFailedError as error:
             if error.result is not None:
                 show(error.result)
             raise
+        finally:
+            progress.close()
         show(result)
 
-    _run(debug, action)
-
-
-def _is_onnx(path: str) -> bool:
-    return Path(path).suffix.lower() == ".onnx"
-
-
-def _fold_extras(
-    result: Any,
-    model: str,
-    bench: bool,
-    report_path: str | None,
-    inputs_path: str | None,
-    dims: dict[str, int],
-    seed: int,
-    allow_unsafe: bool,
-    tolerances: tuple[float | None, float | None],
-) -> dict[str, Any]:
-    """Sizes, the detailed check (float64 reference, top-1) and latency for --report/--bench.
-    For Keras input the check stays the fold's own (the reference is the Keras model)."""
-    if not bench and report_path is None:
-        return {}
-    from bnfold import api
-    from bnfold.check import equivalence
-    from bnfold.frontends.onnx import input_specs
-    from bnfold.sizes import compare_sizes
-
-    extras: dict[str, Any] = {}
-    if result.model is None:
-        return extras  # Keras to Keras: nothing in ONNX to count or time
-    specs = input_specs(result.model)
-    baseline: Any = model
-    if not _is_onnx(model):
-        baseline = api.keras_as_onnx(model, allow_unsafe)
-        specs = input_specs(baseline)
-    extras["sizes"] = compare_sizes(baseline, result.model)
-    if result.check is not None and _is_onnx(model):
-        feeds = equivalence.load_npz_inputs(inputs_path, specs) if inputs_path is not None else None
-        extras["check"] = equivalence.detailed_check(
-            model,
-            result.model,
-            specs,
-            seed=seed,
-            dims=dims,
-            inputs=feeds,
-            description=result.check.inputs,
-            rtol=tolerances[0],
-            atol=tolerances[1],
-        )
-    if bench:
-        extras["latency"] = _measure(
-            baseline, result.model, specs, {**DEFAULT_BENCH, "seed": seed}, (model, "folded")
-        )
-    return extras
+    _run(debug, as_json, action)
 
 
 @cli.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # a SavedModel is a directory
 @click.option("--json", "as_json", is_flag=True, help="Print the log as JSON on stdout.")
 @click.option("--allow-unsafe", is_flag=True, help="Let Keras deserialise custom code.")
 @debug_option
 def inspect_command(model: str, as_json: bool, allow_unsafe: bool, debug: bool) -> None:
     """List every BN in MODEL: folded into what, or left and why. Writes nothing."""
-    from bnfold import api, report
 
     def action() -> None:
-        result = api.inspect(model, allow_unsafe=allow_unsafe)
-        if as_json:
-            _emit_json(report.result_document(result, source=model))
-        else:
-            click.echo(report.format_log(result))
+        from bnfold import api, report
 
-    _run(debug, action)
+        result = api.inspect(model, load=_load_settings(allow_unsafe))
+        _show(report.result_document(result, source=model, command="inspect"), as_json, None)
+
+    _run(debug, as_json, action)
 
 
 @cli.command("check")
-@click.argument("reference", type=click.Path(dir_okay=False))
-@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.argument("reference", type=click.Path())
+@click.argument("candidate", type=click.Path())
 @with_options(tolerance_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @click.option("--allow-unsafe", is_flag=True, help="Let Keras deserialise custom code.")
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Seeded random input sets (ONNX models); more than 1 also adds the float64 "
-    "reference and top-1 columns.",
-)
+@samples_option
 @debug_option
 def check_command(
     reference: str,
@@ -454,7 +404,7 @@ def check_command(
     atol: float | None,
     rtol: float | None,
     inputs_path: str | None,
-    dims: tuple[str, ...],
+    dims: dict[str, int],
     seed: int,
     as_json: bool,
     allow_unsafe: bool,
@@ -464,68 +414,32 @@ def check_command(
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output.
 
     Exits 1 when an output differs beyond the tolerances."""
-    from bnfold import api, report
-
-    dim_sizes = _parse_dims(dims)
-
-    def detailed() -> Any:
-        from bnfold.check import equivalence
-        from bnfold.frontends.onnx import input_specs, load_onnx
-
-        if inputs_path is not None:
-            raise UsageError("--samples draws random inputs; it cannot go with --inputs")
-        if not (_is_onnx(reference) and _is_onnx(candidate)):
-            raise UsageError("--samples compares ONNX models")
-        load_onnx(candidate)  # one clear line for a file that is not a model
-        specs = input_specs(load_onnx(reference))
-        return equivalence.detailed_check(
-            reference,
-            candidate,
-            specs,
-            samples=samples,
-            seed=seed,
-            dims=dim_sizes,
-            rtol=rtol,
-            atol=atol,
+    if samples > 1 and inputs_path is not None:
+        raise click.BadParameter(
+            "--samples draws random inputs; it cannot go with --inputs", param_hint="--samples"
         )
+    settings = CheckSettings(inputs_path, dims, seed, samples, rtol, atol, float64=samples > 1)
 
     def action() -> None:
-        result = (
-            detailed()
-            if samples > 1
-            else api.check(
-                reference,
-                candidate,
-                inputs=inputs_path,
-                dims=dim_sizes,
-                seed=seed,
-                rtol=rtol,
-                atol=atol,
-                allow_unsafe=allow_unsafe,
-            )
+        from bnfold import api, report
+
+        result = api.check(
+            reference, candidate, settings=settings, load=_load_settings(allow_unsafe)
         )
-        if as_json:
-            _emit_json(report.check_document(result, reference=reference, candidate=candidate))
-        else:
-            click.echo(report.format_check(result))
+        document = report.check_document(result, reference=reference, candidate=candidate)
+        _show(document, as_json, None)
         if not result.passed:
             raise CheckFailedError(f"{candidate} differs from {reference}")
 
-    _run(debug, action)
+    _run(debug, as_json, action)
 
 
 @cli.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # a SavedModel is a directory
 @click.argument("folded", type=click.Path(dir_okay=False), required=False)
 @with_options(bench_options)
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Seeded random input sets for the equivalence check.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@samples_option
+@seed_option
 @click.option("--no-check", is_flag=True, help="Time only; skip the equivalence check.")
 @report_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -556,58 +470,33 @@ def bench_command(
     threads, batch size, provider and machine stated; also sizes and the equivalence check.
     Exits 1 when FOLDED does not compute the same function as MODEL.
     """
-    from bnfold import api, report
-
     levels = LEVEL_CHOICES[level]
+    timing = BenchSettings(levels, runs, warmup, time_budget, threads, batch, provider, seed)
+    check = None if no_check else CheckSettings(seed=seed, samples=samples, float64=True)
 
     def action() -> None:
-        with _progress(runs * len(levels), "Timing (interleaved)") as progress:
+        from bnfold import api, report
+
+        progress = _Progress(runs * len(levels))
+        try:
             measured = api.benchmark(
                 model,
                 folded,
-                levels=levels,
-                runs=runs,
-                warmup=warmup,
-                time_budget_s=time_budget,
-                threads=threads,
-                batch=batch,
-                provider=provider,
-                samples=samples,
-                seed=seed,
-                check=not no_check,
-                allow_unsafe=allow_unsafe,
+                bench=timing,
+                check=check,
+                load=_load_settings(allow_unsafe),
                 progress=progress,
             )
-        result, check = measured.fold, measured.check
-        document = report.result_document(
-            result,
-            source=model,
-            candidate=folded,
-            check=check,
-            sizes=measured.sizes,
-            latency=measured.latency,
-            command="bench",
-        )
-        if as_json:
-            _emit_json(document)
-        else:
-            click.echo(
-                report.format_report(
-                    result, check=check, sizes=measured.sizes, latency=measured.latency
-                )
-            )
-        if report_path is not None:
-            _write_report(report_path, document)
-        if check is not None and not check.passed:
+        finally:
+            progress.close()
+        _show(report.bench_document(measured, source=model, candidate=folded), as_json, report_path)
+        if measured.check is not None and not measured.check.passed:
             raise CheckFailedError(
-                f"{folded or 'the folded model'} differs from {model} (max rel {check.max_rel:.3g})"
+                f"{folded or 'the folded model'} differs from {model} "
+                f"(max rel {measured.check.max_rel:.3g})"
             )
 
-    _run(debug, action)
-
-
-def _same_file(first: str, second: str) -> bool:
-    return Path(first).resolve() == Path(second).resolve()
+    _run(debug, as_json, action)
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ error explodes near zero and says nothing (DESIGN.md section 4). An output passe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from bnfold.results import CheckResult, OutputComparison
 
 # Gates, not targets: float32 folds land near 1e-6 relative.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -25,58 +26,6 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 def default_tolerances(dtype: np.dtype) -> tuple[float, float]:
     """(rtol, atol) for an output of this dtype."""
     return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
-
-
-@dataclass
-class OutputComparison:
-    name: str
-    dtype: str
-    shape: list[int]
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    rtol: float
-    atol: float
-    passed: bool
-    detail: str = ""
-    # Filled only where known: the share of rows of a classifier-shaped output ([N, K], K > 1)
-    # whose arg-max agrees, and each model's max relative error against a float64 reference.
-    top1_agreement: float | None = None
-    reference_vs_float64: float | None = None
-    candidate_vs_float64: float | None = None
-
-
-@dataclass
-class CheckResult:
-    """Per-output errors of a candidate against a reference, and whether the gate passed."""
-
-    outputs: list[OutputComparison] = field(default_factory=list)
-    inputs: str = ""
-    samples: int = 1
-    float64_note: str = ""  # why the float64 columns are empty, or how they were made
-
-    @property
-    def passed(self) -> bool:
-        return all(output.passed for output in self.outputs)
-
-    @property
-    def max_rel(self) -> float:
-        return max((output.max_rel for output in self.outputs), default=0.0)
-
-    @property
-    def max_abs(self) -> float:
-        return max((output.max_abs for output in self.outputs), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "inputs": self.inputs,
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
-            "samples": self.samples,
-            "float64_note": self.float64_note,
-            "outputs": [asdict(output) for output in self.outputs],
-        }
 
 
 def compare_output(
@@ -149,6 +98,7 @@ def compare_output(
         atol,
         passed,
         top1_agreement=top1_agreement(reference, candidate),
+        scale=scale,
     )
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import onnx_ir as ir
 
-from bnfold.comparison import CheckResult
-from bnfold.foldlog import FoldEntry, Outcome, Reason, Skip
+from bnfold.foldlog import AFFINE, BATCHNORM, FoldEntry, FoldLog, Outcome, Reason, Skip
 from bnfold.graph import NameFactory, iter_graphs, node_label
 from bnfold.rules import BACKWARD_RULES, FORWARD_RULES, Rule
 from bnfold.rules.affines import AffineChain, find_affine_chains
@@ -20,46 +18,13 @@ METADATA_KEY = "bnfold"
 
 
 @dataclass
-class FoldResult:
-    """The folded model (the input model, changed in place) and one log entry per BN.
+class FoldPass(FoldLog):
+    """What the engine returns: the folded model (the input model, changed in place) and one
+    log entry per BN, plus one per other constant affine it folded (``kind="affine"``). The
+    run record (check, timings, output) is the pipeline's ``bnfold.results.FoldResult``."""
 
-    ``model`` is the folded ONNX model; it is ``None`` when a Keras model was folded to
-    Keras output (then ``keras_model`` holds it).
-    """
-
-    model: ir.Model | None
+    model: ir.Model
     entries: list[FoldEntry] = field(default_factory=list)
-    check: CheckResult | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-    output: str | None = None
-    keras_model: Any = None  # the folded Keras model, when the input was Keras
-
-    @property
-    def folded(self) -> list[FoldEntry]:
-        return [entry for entry in self.entries if entry.folded]
-
-    @property
-    def left(self) -> list[FoldEntry]:
-        return [entry for entry in self.entries if not entry.folded]
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.folded)
-
-    def counts(self) -> dict[str, Any]:
-        reasons: dict[str, int] = {}
-        for entry in self.left:
-            assert entry.reason is not None
-            reasons[entry.reason.value] = reasons.get(entry.reason.value, 0) + 1
-        return {
-            "found": len(self.entries),
-            "folded_into_previous": sum(
-                e.outcome is Outcome.FOLDED_INTO_PREVIOUS for e in self.entries
-            ),
-            "folded_into_next": sum(e.outcome is Outcome.FOLDED_INTO_NEXT for e in self.entries),
-            "left": len(self.left),
-            "left_by_reason": reasons,
-        }
 
 
 def _try_rules(
@@ -83,7 +48,8 @@ def _fold_chain(
 ) -> FoldEntry:
     """Prefer the layer before; the reason reported for a left BN is the backward one when
     a backward rule matched, since that is the fold the user expects first."""
-    entry = FoldEntry(chain.label, chain.op_types, Outcome.LEFT)
+    kind = BATCHNORM if chain.is_bn_like else AFFINE
+    entry = FoldEntry(chain.label, chain.op_types, Outcome.LEFT, kind=kind)
     if chain.skip is not None:
         entry.reason, entry.detail = chain.skip.reason, chain.skip.detail
         return entry
@@ -154,13 +120,13 @@ def fold_model(
     *,
     backward_rules: Sequence[Rule] = BACKWARD_RULES,
     forward_rules: Sequence[Rule] = FORWARD_RULES,
-) -> FoldResult:
+) -> FoldPass:
     """Fold every BN and BN-like affine the rules can take, in place, and log each one.
 
     A model with nothing to fold comes back untouched (no metadata added, nothing dropped).
     """
     names = NameFactory(model)
-    result = FoldResult(model)
+    result = FoldPass(model)
     for graph in iter_graphs(model.graph):
         dead_before = _dead_initializer_names(graph)
         live_constants = _live_constants(graph)
@@ -175,11 +141,17 @@ def fold_model(
         model.metadata_props[METADATA_KEY] = json.dumps(
             {
                 key: counts[key]
-                for key in ("found", "folded_into_previous", "folded_into_next", "left")
+                for key in (
+                    "found",
+                    "folded_into_previous",
+                    "folded_into_next",
+                    "left",
+                    "affines_folded",
+                )
             },
             sort_keys=True,
         )
     return result
 
 
-__all__ = ["FoldResult", "fold_model"]
+__all__ = ["METADATA_KEY", "FoldPass", "fold_model"]

@@ -8,45 +8,24 @@ left of them after a fold is what a fold could not remove.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from bnfold.graph import iter_graphs
+from bnfold.results import ModelSizes, SizeComparison
 from bnfold.rules.affines import find_affine_chains
 
-SizedModel = ir.Model | onnx.ModelProto | str | os.PathLike[str]
+SizedModel = ir.Model | onnx.ModelProto | bytes | str | os.PathLike[str]
 
 
-@dataclass(frozen=True)
-class ModelSizes:
-    """Counts over the main graph and every subgraph."""
-
-    nodes: int
-    parameters: int  # elements of initializers and Constant tensors
-    weight_bytes: int  # bytes of those elements
-    batchnorm_nodes: int
-    affine_nodes: int  # nodes in BN-like affine chains, BatchNormalization included
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SizeComparison:
-    before: ModelSizes
-    after: ModelSizes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before.to_dict(), "after": self.after.to_dict()}
-
-
-def _as_ir(model: SizedModel) -> ir.Model:
+def as_ir(model: SizedModel) -> ir.Model:
+    """``model`` in memory: a file is loaded (and validated), bytes and protos parsed."""
     if isinstance(model, ir.Model):
         return model
+    if isinstance(model, bytes):
+        return ir.serde.deserialize_model(onnx.ModelProto.FromString(model))
     if isinstance(model, onnx.ModelProto):
         return ir.serde.deserialize_model(model)
     from bnfold.frontends.onnx import load_onnx
@@ -63,7 +42,7 @@ def _tensor_size(tensor: ir.TensorProtocol | None) -> tuple[int, int]:
 
 def model_sizes(model: SizedModel) -> ModelSizes:
     """Count ``model``'s nodes, parameters, weight bytes and BN-like affines (reads no data)."""
-    ir_model = _as_ir(model)
+    ir_model = as_ir(model)
     nodes = parameters = weight_bytes = batchnorms = affines = 0
     for graph in iter_graphs(ir_model.graph):
         for value in graph.initializers.values():
@@ -87,4 +66,4 @@ def compare_sizes(before: SizedModel, after: SizedModel) -> SizeComparison:
     return SizeComparison(model_sizes(before), model_sizes(after))
 
 
-__all__ = ["ModelSizes", "SizeComparison", "compare_sizes", "model_sizes"]
+__all__ = ["ModelSizes", "SizeComparison", "as_ir", "compare_sizes", "model_sizes"]

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import CheckResult, compare_outputs
-from bnfold.fold import FoldResult, fold_model
+from bnfold.fold import FoldPass, fold_model
 from bnfold.frontends.onnx import input_specs
 
 # onnxruntime 1.31 reads IR version <= 13 and onnx 1.23 writes 14 by default.
@@ -80,7 +80,7 @@ def fold_and_compare(
     seed: int = 0,
     dims: dict[str, int] | None = None,
     inputs: dict[str, npt.NDArray[Any]] | None = None,
-) -> tuple[FoldResult, CheckResult, onnx.ModelProto]:
+) -> tuple[FoldPass, CheckResult, onnx.ModelProto]:
     """Fold a copy of ``proto``; run both in onnxruntime (no optimisations) on the same inputs."""
     model = ir.serde.deserialize_model(proto)
     feeds = (

@@ -160,6 +160,49 @@ def test_help_and_onnx_path_never_import_tensorflow(tmp_path):
     assert completed.stdout.strip() == "[]"
 
 
+def test_import_of_the_command_line_loads_no_runtime():
+    """``bnfold --help`` answers at once: the command line imports numpy, onnx, onnx_ir,
+    onnxruntime and TensorFlow only inside the commands that use them."""
+    script = (
+        "import sys\n"
+        "import bnfold, bnfold.cli\n"
+        "heavy = ('numpy', 'onnx', 'onnx_ir', 'onnxruntime', 'tensorflow', 'keras', 'sympy')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--no-such-option"], 2),  # a usage error, raised by click
+        (["-o", "x.txt"], 2),  # a usage error, raised by bnfold
+        (["-o", "f.onnx", "--rtol", "0", "--atol", "0"], 1),  # the report, with the failed check
+    ],
+)
+def test_json_prints_a_document_on_every_exit(tmp_path, args, code):
+    out_args = [str(tmp_path / a) if a.endswith((".onnx", ".txt")) else a for a in args]
+    exit_code, stdout, _ = run(str(DEMO), *out_args, "--json")
+    assert exit_code == code
+    document = json.loads(stdout)
+    if code == 1:
+        assert document["check"]["passed"] is False
+    else:
+        assert document["exit_code"] == code and document["error"]
+
+
+def test_json_error_document_for_an_unreadable_input(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    code, stdout, stderr = run("inspect", str(bad), "--json")
+    assert code == 3
+    assert json.loads(stdout)["exit_code"] == 3 and "bad.onnx" in json.loads(stdout)["error"]
+    assert len(stderr.strip().splitlines()) == 1
+
+
 def test_console_script_and_module_entry_points(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "bnfold", "--version"], capture_output=True, text=True, check=True

@@ -69,6 +69,7 @@ def test_fold_keeps_what_the_user_relies_on(rng):
         "folded_into_previous": 3,
         "folded_into_next": 0,
         "left": 0,
+        "affines_folded": 0,
     }
     # The BN parameters and the replaced weights are gone.
     names = {tensor.name for tensor in folded.graph.initializer}

@@ -321,8 +321,8 @@ def folded_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Folded]:
         path = folder / f"{name}.keras"
         frontend.save_keras_model(model, path)
         keras_file, onnx_file = folder / f"{name}_folded.keras", folder / f"{name}_folded.onnx"
-        to_keras = bnfold.fold(path, output=keras_file, seed=index)
-        to_onnx = bnfold.fold(path, output=onnx_file, seed=index)
+        to_keras = bnfold.fold(path, keras_file, check=bnfold.CheckSettings(seed=index))
+        to_onnx = bnfold.fold(path, onnx_file, check=bnfold.CheckSettings(seed=index))
         results[name] = Folded(path, to_keras, to_onnx, keras_file, onnx_file)
     return results
 
@@ -379,11 +379,11 @@ def test_forward_folded_model_saves_and_loads_as_h5(
 ) -> None:
     result = folded_cases[name]
     path = tmp_path / "folded.h5"
-    frontend.save_keras_model(result.to_keras.keras_model, path)
+    frontend.save_keras_model(result.to_keras.model, path)
     reloaded = frontend.load_keras_model(path)
     assert count_batchnorms(reloaded) == 0
     assert frontend.keras_output_names(reloaded) == frontend.keras_output_names(
-        result.to_keras.keras_model
+        result.to_keras.model
     )
     assert bnfold.check(result.path, path).max_rel <= BOUND
 

@@ -12,6 +12,7 @@ from bnfold.check import equivalence, latency
 from bnfold.errors import UsageError
 from bnfold.fold import fold_model
 from bnfold.frontends.onnx import input_specs
+from bnfold.settings import BenchSettings, CheckSettings
 from bnfold.sizes import compare_sizes, model_sizes
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model
 
@@ -55,10 +56,7 @@ def test_benchmark_is_interleaved_with_ordered_percentiles_and_recorded_conditio
         proto.SerializeToString(),
         model,
         input_specs(model),
-        runs=12,
-        warmup=1,
-        batch=3,
-        threads=1,
+        BenchSettings(runs=12, warmup=1, batch=3, threads=1),
         progress=seen.append,
     )
     assert [level.level for level in result.levels] == ["all", "disable"]
@@ -89,10 +87,7 @@ def test_time_budget_stops_early_but_keeps_three_pairs():
         proto.SerializeToString(),
         folded(proto),
         input_specs(folded(proto)),
-        levels=("disable",),
-        runs=100_000,
-        warmup=0,
-        time_budget_s=0.02,
+        BenchSettings(levels=("disable",), runs=100_000, warmup=0, time_budget_s=0.02),
     )
     (level,) = result.levels
     assert level.stopped_by == "time budget"
@@ -114,17 +109,25 @@ def test_unknown_provider_and_bad_counts_are_usage_errors():
     specs = input_specs(folded(proto))
     with pytest.raises(UsageError, match="not available"):
         latency.benchmark(
-            proto.SerializeToString(), proto.SerializeToString(), specs, provider="NoSuchProvider"
+            proto.SerializeToString(),
+            proto.SerializeToString(),
+            specs,
+            BenchSettings(provider="NoSuchProvider"),
         )
     with pytest.raises(UsageError):
-        latency.benchmark(proto.SerializeToString(), proto.SerializeToString(), specs, runs=0)
+        latency.benchmark(
+            proto.SerializeToString(), proto.SerializeToString(), specs, BenchSettings(runs=0)
+        )
 
 
 def test_detailed_check_adds_float64_errors_top1_and_samples():
     proto = gemm_bn_model()
     model = folded(proto)
     check = equivalence.detailed_check(
-        proto.SerializeToString(), model, input_specs(model), samples=4, seed=7
+        proto.SerializeToString(),
+        model,
+        input_specs(model),
+        CheckSettings(samples=4, seed=7, float64=True),
     )
     (output,) = check.outputs
     assert check.samples == 4 and "seeds 7..10" in check.inputs
@@ -138,7 +141,9 @@ def test_detailed_check_adds_float64_errors_top1_and_samples():
 def test_float64_reference_is_skipped_with_a_note_when_onnxruntime_cannot_run_it():
     proto = conv_bn_model()
     model = folded(proto)
-    check = equivalence.detailed_check(proto.SerializeToString(), model, input_specs(model))
+    check = equivalence.detailed_check(
+        proto.SerializeToString(), model, input_specs(model), CheckSettings(float64=True)
+    )
     assert check.passed
     assert check.outputs[0].candidate_vs_float64 is None
     assert (

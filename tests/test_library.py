@@ -33,7 +33,8 @@ def test_in_memory_models_get_shapes_inferred_before_folding():
 
 def test_benchmark_folds_in_memory_and_times_both_models():
     measured = bnfold.benchmark(
-        MODELS / "pytorch_style.onnx", levels=("disable",), runs=4, warmup=1
+        MODELS / "pytorch_style.onnx",
+        bench=bnfold.BenchSettings(levels=("disable",), runs=4, warmup=1),
     )
     assert measured.fold is not None and measured.fold.counts()["folded_into_previous"] == 3
     assert measured.check is not None and measured.check.passed
@@ -43,9 +44,12 @@ def test_benchmark_folds_in_memory_and_times_both_models():
 
 def test_benchmark_of_two_files_checks_them_against_each_other(tmp_path):
     folded = tmp_path / "folded.onnx"
-    bnfold.fold(MODELS / "pytorch_style.onnx", output=folded)
+    bnfold.fold(MODELS / "pytorch_style.onnx", folded)
     measured = bnfold.benchmark(
-        MODELS / "pytorch_style.onnx", folded, levels=("all",), runs=3, warmup=1, samples=2
+        MODELS / "pytorch_style.onnx",
+        folded,
+        bench=bnfold.BenchSettings(levels=("all",), runs=3, warmup=1),
+        check=bnfold.CheckSettings(samples=2, float64=True),
     )
     assert measured.fold is None
     assert measured.check is not None and measured.check.passed

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import compare_outputs
 from bnfold.errors import BnfoldError
-from bnfold.fold import FoldResult, fold_model
+from bnfold.fold import FoldPass, fold_model
 from bnfold.frontends.onnx import add_inferred_shapes, input_specs
 from bnfold.testing import TEST_IR_VERSION
 
@@ -337,7 +337,7 @@ def random_graphs(draw: Any) -> tuple[onnx.ModelProto, str]:
     return proto, f"{np.dtype(dtype).name} {shape}: " + " ; ".join(g.description)
 
 
-def check_fold(proto: onnx.ModelProto, *, shapes: bool = True) -> FoldResult | None:
+def check_fold(proto: onnx.ModelProto, *, shapes: bool = True) -> FoldPass | None:
     """The property, for one graph (also used by benchmarks/property_run.py); returns the
     fold result, or ``None`` when the fold raised one of bnfold's own errors. With ``shapes``
     the model gets inferred shapes first, as ``load_onnx`` gives it; without, layouts are

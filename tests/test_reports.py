@@ -17,6 +17,8 @@ from bnfold import report
 from bnfold.check import equivalence, latency
 from bnfold.fold import fold_model
 from bnfold.frontends.onnx import input_specs
+from bnfold.results import FoldResult
+from bnfold.settings import BenchSettings, CheckSettings
 from bnfold.sizes import compare_sizes
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model
 
@@ -58,14 +60,20 @@ def pieces():
         weights,
     )
     model = ir.serde.deserialize_model(proto)
-    result = fold_model(model)
+    folded = fold_model(model)
     specs = input_specs(model)
-    check = equivalence.detailed_check(proto.SerializeToString(), model, specs, samples=2)
-    result.check = check
+    check = equivalence.detailed_check(
+        proto.SerializeToString(), model, specs, CheckSettings(samples=2, float64=True)
+    )
     sizes = compare_sizes(proto, model)
     timing = latency.benchmark(
-        proto.SerializeToString(), model, specs, runs=6, warmup=1, baseline_name="a<b>.onnx"
+        proto.SerializeToString(),
+        model,
+        specs,
+        BenchSettings(runs=6, warmup=1),
+        names=("a<b>.onnx", "folded"),
     )
+    result = FoldResult(model, folded.entries, check=check, sizes=sizes, latency=timing)
     return result, check, sizes, timing
 
 
@@ -89,8 +97,7 @@ def test_json_document_has_stable_keys_and_matches_the_schema(pieces, schema):
 
 
 def test_plain_fold_document_and_check_document_match_the_schema(pieces, schema):
-    result = pieces[0]
-    plain = report.result_document(result, source="m.onnx")
+    plain = report.result_document(FoldResult(None, pieces[0].entries), source="m.onnx")
     validate(plain, schema)
     assert plain["latency"] is None and plain["sizes"] is None
     validate(report.check_document(pieces[1], reference="a", candidate="b"), schema)
@@ -108,8 +115,7 @@ def test_schema_rejects_a_document_with_a_wrong_version_or_unordered_runs(pieces
 
 
 def test_terminal_report_shows_sizes_latency_and_float64_columns(pieces):
-    result, check, sizes, timing = pieces
-    text = report.format_report(result, check=check, sizes=sizes, latency=timing)
+    text = report.render_text(document_of(pieces))
     assert "Found 2: 1 folded into previous, 0 into next, 1 left" in text
     assert re.search(r"BatchNormalization nodes\s+2\s+1\s+-1", text)
     assert "orig~f64" in text and "top-1" in text and "100.0%" in text

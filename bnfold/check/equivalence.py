@@ -20,10 +20,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from bnfold.comparison import CheckResult, add_float64_errors, compare_outputs
+from bnfold.comparison import add_float64_errors, compare_outputs
 from bnfold.errors import InputError
 from bnfold.frontends.onnx import needs_external_data
 from bnfold.frontends.onnx_bytes import model_bytes
+from bnfold.results import CheckResult
+from bnfold.settings import CheckSettings
 from bnfold.specs import InputSpec
 
 # Dynamic dimensions get these sizes unless the user names one (--dim NAME=SIZE): a batch of 2
@@ -32,6 +34,7 @@ DEFAULT_BATCH = 2
 DEFAULT_DYNAMIC = 16
 
 ModelSource = ir.Model | str | os.PathLike[str] | bytes
+Arrays = dict[str, npt.NDArray[Any]]
 # Random inputs are drawn in float64; one larger than this is a shape no check should need
 # (a corrupt dimension, or a --dim typo), not a reason to exhaust the machine's memory.
 RANDOM_INPUT_LIMIT_BYTES = 2 * 2**30
@@ -287,61 +290,74 @@ def _concatenate(batches: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.ND
     return joined
 
 
-def detailed_check(
-    reference: ModelSource,
-    candidate: ModelSource,
-    specs: list[InputSpec],
-    *,
-    samples: int = 1,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    inputs: Mapping[str, npt.NDArray[Any]] | None = None,
-    description: str | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    float64: bool = True,
-) -> CheckResult:
-    """Compare ``candidate`` with ``reference`` (both unoptimised) on ``samples`` seeded random
-    input sets (seeds ``seed`` .. ``seed + samples - 1``; or once on ``inputs``), and, with
-    ``float64``, both against the reference cast to float64, so a report shows whether the
-    candidate's error is its own or float32's. Classifier-shaped outputs get top-1 agreement."""
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
-    reference_session = make_session(reference)
-    candidate_session = make_session(candidate)
-    exact_session, note = float64_session(reference) if float64 else (None, "")
-    feed_sets = (
-        [dict(inputs)]
-        if inputs is not None
-        else [
-            random_inputs(specs, seed=seed + index, dims=dims, shapes=shapes)
-            for index in range(samples)
+def check_feeds(specs: list[InputSpec], settings: CheckSettings) -> tuple[list[Arrays], str]:
+    """The input sets a check runs on, and how to describe them in a report: the caller's
+    arrays or .npz (one set), else ``settings.samples`` seeded random sets."""
+    if settings.inputs is None:
+        seed, samples = settings.seed, settings.samples
+        sets = [
+            random_inputs(specs, seed=seed + index, dims=settings.dims) for index in range(samples)
         ]
-    )
-    expected, actual, exact = [], [], []
-    for feeds in feed_sets:
-        expected.append(run_session(reference_session, feeds))
-        actual.append(run_session(candidate_session, feeds))
-        if exact_session is not None:
-            try:
-                exact.append(run_session(exact_session, _as_float64_feeds(feeds)))
-            except Exception as error:
-                exact_session, note = None, f"float64 reference skipped: {_first_line(error)}"
-                exact = []
-    if description is None:
-        first = feed_sets[0]
-        shown = ", ".join(f"{name}{list(array.shape)}" for name, array in first.items())
-        seeds = f"seed {seed}" if len(feed_sets) == 1 else f"seeds {seed}..{seed + samples - 1}"
-        description = f"random normal, {seeds}: {shown}"
+        shown = ", ".join(f"{name}{list(array.shape)}" for name, array in sets[0].items())
+        seeds = f"seed {seed}" if samples == 1 else f"seeds {seed}..{seed + samples - 1}"
+        return sets, f"random normal, {seeds}: {shown}"
+    if isinstance(settings.inputs, str | os.PathLike):
+        return [load_npz_inputs(settings.inputs, specs)], f"from {settings.inputs}"
+    return [dict(settings.inputs)], "given by the caller"
+
+
+def float64_outputs(source: ModelSource, feed_sets: list[Arrays]) -> tuple[list[Arrays], str]:
+    """Outputs of ``source`` cast to float64 on each input set, and the note a report shows:
+    how they were made, or why there are none (onnxruntime lacks a float64 kernel)."""
+    session, note = float64_session(source)
+    if session is None:
+        return [], note
+    try:
+        outputs = [run_session(session, _as_float64_feeds(feeds)) for feeds in feed_sets]
+    except Exception as error:  # onnxruntime's errors are plain RuntimeErrors
+        return [], f"float64 reference skipped: {_first_line(error)}"
+    return outputs, "float64 reference: the original model cast to float64, run in onnxruntime"
+
+
+def compare_runs(
+    expected: list[Arrays],
+    actual: list[Arrays],
+    settings: CheckSettings,
+    description: str,
+    float64: tuple[list[Arrays], str] = ([], ""),
+) -> CheckResult:
+    """One ``CheckResult`` over every input set (outputs joined along the batch axis);
+    ``float64`` is ``float64_outputs``' answer, filling each output's float64 columns."""
     result = compare_outputs(
-        _concatenate(expected), _concatenate(actual), rtol=rtol, atol=atol, inputs=description
+        _concatenate(expected),
+        _concatenate(actual),
+        rtol=settings.rtol,
+        atol=settings.atol,
+        inputs=description,
     )
-    result.samples = len(feed_sets)
+    result.samples = len(expected)
+    exact, result.float64_note = float64
     if exact:
         add_float64_errors(
             result, _concatenate(exact), _concatenate(expected), _concatenate(actual)
         )
-        note = "float64 reference: the reference model cast to float64, run in onnxruntime"
-    result.float64_note = note
     return result
+
+
+def detailed_check(
+    reference: ModelSource,
+    candidate: ModelSource,
+    specs: list[InputSpec],
+    settings: CheckSettings,
+) -> CheckResult:
+    """Compare two ONNX models (both unoptimised) on the input sets of ``settings``, and with
+    ``settings.float64`` both against the reference cast to float64, so a report shows
+    whether the candidate's error is its own or float32's. Classifier-shaped outputs get
+    top-1 agreement."""
+    feed_sets, description = check_feeds(specs, settings)
+    reference_session = make_session(reference)
+    candidate_session = make_session(candidate)
+    expected = [run_session(reference_session, feeds) for feeds in feed_sets]
+    actual = [run_session(candidate_session, feeds) for feeds in feed_sets]
+    exact = float64_outputs(reference, feed_sets) if settings.float64 else ([], "")
+    return compare_runs(expected, actual, settings, description, exact)

@@ -21,7 +21,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,8 @@ from bnfold.check.equivalence import (
     session_options,
 )
 from bnfold.errors import UsageError
+from bnfold.results import LatencyResult, LatencyStats, LevelLatency, Machine
+from bnfold.settings import BenchSettings
 from bnfold.specs import InputSpec
 
 LEVELS = {"all": "ORT_ENABLE_ALL", "disable": "ORT_DISABLE_ALL"}
@@ -45,106 +46,6 @@ MIN_PAIRS = 3
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 BASELINE, CANDIDATE = "A", "B"
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Milliseconds per run of one model."""
-
-    runs: int
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    min: float
-    max: float
-    std: float
-
-    @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> LatencyStats:
-        values = np.asarray(samples_ms, dtype=np.float64)
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return cls(
-            runs=int(values.size),
-            p50=float(p50),
-            p90=float(p90),
-            p99=float(p99),
-            mean=float(values.mean()),
-            min=float(values.min()),
-            max=float(values.max()),
-            std=float(values.std()),
-        )
-
-
-@dataclass
-class LevelLatency:
-    """Both models at one graph-optimisation level."""
-
-    level: str  # "all" or "disable"
-    ort_level: str  # onnxruntime's name for it
-    baseline: LatencyStats
-    candidate: LatencyStats
-    speedup: float  # p50(baseline) / p50(candidate)
-    speedup_ci: tuple[float, float]
-    confidence: float
-    order: str  # the order runs were timed in, "ABAB..."; A = baseline, B = candidate
-    baseline_ms: list[float] = field(default_factory=list)
-    candidate_ms: list[float] = field(default_factory=list)
-    stopped_by: str = "runs"  # "runs" or "time budget"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["speedup_ci"] = list(self.speedup_ci)
-        return data
-
-
-@dataclass(frozen=True)
-class Machine:
-    cpu: str
-    logical_cores: int
-    platform: str
-    python: str
-    versions: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class LatencyResult:
-    """What was measured and under which conditions."""
-
-    baseline: str
-    candidate: str
-    provider: str
-    threads: int  # intra-op threads; 0 is onnxruntime's default (one per physical core)
-    batch: int | None  # first dimension of the first input as run; None for a scalar input
-    inputs: str
-    warmup: int
-    runs: int  # pairs asked for
-    time_budget_s: float | None
-    seed: int
-    machine: Machine
-    levels: list[LevelLatency] = field(default_factory=list)
-
-    def level(self, name: str) -> LevelLatency | None:
-        return next((item for item in self.levels if item.level == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline,
-            "candidate": self.candidate,
-            "provider": self.provider,
-            "threads": self.threads,
-            "batch": self.batch,
-            "inputs": self.inputs,
-            "warmup": self.warmup,
-            "runs": self.runs,
-            "time_budget_s": self.time_budget_s,
-            "seed": self.seed,
-            "machine": self.machine.to_dict(),
-            "levels": [item.to_dict() for item in self.levels],
-        }
 
 
 def _cpu_name() -> str:
@@ -289,17 +190,12 @@ def measure_level(
     baseline: ModelSource,
     candidate: ModelSource,
     feeds: Mapping[str, npt.NDArray[Any]],
-    *,
     level: str,
-    threads: int = 1,
-    provider: str = "CPUExecutionProvider",
-    warmup: int = 5,
-    runs: int = 50,
-    time_budget_s: float | None = None,
-    seed: int = 0,
+    settings: BenchSettings,
     progress: Callable[[int], None] | None = None,
 ) -> LevelLatency:
     """Time both models at one optimisation level, interleaved A B A B."""
+    threads, provider = settings.threads, settings.provider
     sessions = {
         BASELINE: benchmark_session(baseline, level=level, threads=threads, provider=provider),
         CANDIDATE: benchmark_session(candidate, level=level, threads=threads, provider=provider),
@@ -307,9 +203,9 @@ def measure_level(
     timings, order, stopped_by = time_round_robin(
         sessions,
         feeds,
-        runs=runs,
-        warmup=warmup,
-        time_budget_s=time_budget_s,
+        runs=settings.runs,
+        warmup=settings.warmup,
+        time_budget_s=settings.time_budget_s,
         progress=progress,
     )
     a, b = timings[BASELINE], timings[CANDIDATE]
@@ -320,7 +216,7 @@ def measure_level(
         baseline=base_stats,
         candidate=cand_stats,
         speedup=base_stats.p50 / cand_stats.p50 if cand_stats.p50 > 0 else float("inf"),
-        speedup_ci=bootstrap_speedup_ci(a, b, seed=seed),
+        speedup_ci=bootstrap_speedup_ci(a, b, seed=settings.seed),
         confidence=CONFIDENCE,
         order="".join(order),
         baseline_ms=a,
@@ -329,74 +225,57 @@ def measure_level(
     )
 
 
+def validate_settings(settings: BenchSettings) -> None:
+    """``UsageError`` for settings no measurement can honour (checked before any work)."""
+    if settings.runs < 1 or settings.warmup < 0 or settings.threads < 0:
+        raise UsageError("runs must be at least 1, warm-up and threads at least 0")
+    if settings.batch < 1:
+        raise UsageError("batch must be at least 1")
+    unknown = [level for level in settings.levels if level not in LEVELS]
+    if unknown:
+        raise UsageError(f"unknown optimisation level {unknown[0]!r}: use all or disable")
+    if settings.provider not in available_providers():
+        raise UsageError(
+            f"execution provider {settings.provider} is not available here "
+            f"(available: {', '.join(available_providers())})"
+        )
+
+
 def benchmark(
     baseline: ModelSource,
     candidate: ModelSource,
     specs: list[InputSpec],
+    settings: BenchSettings,
     *,
-    levels: Sequence[str] = ("all", "disable"),
-    threads: int = 1,
-    batch: int | None = 1,
-    provider: str = "CPUExecutionProvider",
-    warmup: int = 5,
-    runs: int = 50,
-    time_budget_s: float | None = None,
-    seed: int = 0,
-    inputs: Mapping[str, npt.NDArray[Any]] | None = None,
-    baseline_name: str = "baseline",
-    candidate_name: str = "candidate",
+    names: tuple[str, str] = ("baseline", "candidate"),
     progress: Callable[[int], None] | None = None,
 ) -> LatencyResult:
     """Benchmark ``candidate`` against ``baseline`` on the same seeded random inputs (shaped by
-    ``specs`` with the batch dimension set to ``batch``), or on ``inputs``.
+    ``specs`` with a dynamic batch dimension set to ``settings.batch``); ``names`` are what
+    the report calls the two models.
 
-    ``time_budget_s`` applies to each level separately; ``progress`` gets 1 per timed pair.
+    ``settings.time_budget_s`` applies to each level separately; ``progress`` gets 1 per
+    timed pair.
     """
-    if runs < 1 or warmup < 0 or threads < 0:
-        raise UsageError("runs must be at least 1, warm-up and threads at least 0")
-    if batch is not None and batch < 1:
-        raise UsageError("batch must be at least 1")
-    if provider not in available_providers():
-        raise UsageError(
-            f"execution provider {provider} is not available here "
-            f"(available: {', '.join(available_providers())})"
-        )
-    if inputs is None:
-        feeds = random_inputs(specs, seed=seed, shapes=benchmark_shapes(specs, batch))
-        shown = ", ".join(f"{name}{list(array.shape)}" for name, array in feeds.items())
-        description = f"random normal, seed {seed}: {shown}"
-    else:
-        feeds = dict(inputs)
-        description = "given by the caller"
+    validate_settings(settings)
+    seed = settings.seed
+    feeds = random_inputs(specs, seed=seed, shapes=benchmark_shapes(specs, settings.batch))
+    shown = ", ".join(f"{name}{list(array.shape)}" for name, array in feeds.items())
     result = LatencyResult(
-        baseline=baseline_name,
-        candidate=candidate_name,
-        provider=provider,
-        threads=threads,
+        baseline=names[0],
+        candidate=names[1],
+        provider=settings.provider,
+        threads=settings.threads,
         batch=_batch_of(feeds),
-        inputs=description,
-        warmup=warmup,
-        runs=runs,
-        time_budget_s=time_budget_s,
+        inputs=f"random normal, seed {seed}: {shown}",
+        warmup=settings.warmup,
+        runs=settings.runs,
+        time_budget_s=settings.time_budget_s,
         seed=seed,
         machine=machine_info(),
     )
-    for level in levels:
-        result.levels.append(
-            measure_level(
-                baseline,
-                candidate,
-                feeds,
-                level=level,
-                threads=threads,
-                provider=provider,
-                warmup=warmup,
-                runs=runs,
-                time_budget_s=time_budget_s,
-                seed=seed,
-                progress=progress,
-            )
-        )
+    for level in settings.levels:
+        result.levels.append(measure_level(baseline, candidate, feeds, level, settings, progress))
     return result
 
 
@@ -414,4 +293,5 @@ __all__ = [
     "machine_info",
     "measure_level",
     "time_round_robin",
+    "validate_settings",
 ]

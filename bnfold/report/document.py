@@ -1,0 +1,179 @@
+"""The one report document (docs/report.schema.json) that every format renders: terminal
+text, JSON, Markdown and HTML read the same counts, so they cannot disagree. Nothing is
+computed here; the numbers come from the run record (``bnfold.results``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnfold._version import __version__
+from bnfold.results import BenchResult, CheckResult, FoldResult, LatencyResult, SizeComparison
+
+SCHEMA = "bnfold.report/1"
+Document = dict[str, Any]
+
+
+def result_document(
+    result: FoldResult | None,
+    *,
+    source: str | None = None,
+    command: str = "fold",
+    candidate: str | None = None,
+    check: CheckResult | None = None,
+    sizes: SizeComparison | None = None,
+    latency: LatencyResult | None = None,
+) -> Document:
+    """The JSON report; keys are stable within a schema version. ``result`` may be ``None``
+    (``bnfold bench A B`` folds nothing); ``check``, ``sizes`` and ``latency`` default to the
+    result's own."""
+    if result is not None:
+        check = check if check is not None else result.check
+        sizes = sizes if sizes is not None else result.sizes
+        latency = latency if latency is not None else result.latency
+    return {
+        "schema": SCHEMA,
+        "bnfold_version": __version__,
+        "command": command,
+        "input": source,
+        "candidate": candidate,
+        "output": result.output if result is not None else None,
+        "counts": result.counts() if result is not None else None,
+        "entries": [entry.to_dict() for entry in result.entries] if result is not None else [],
+        "check": check.to_dict() if check is not None else None,
+        "seconds": dict(result.seconds) if result is not None else {},
+        "sizes": sizes.to_dict() if sizes is not None else None,
+        "latency": latency.to_dict() if latency is not None else None,
+    }
+
+
+def bench_document(measured: BenchResult, *, source: str, candidate: str | None) -> Document:
+    return result_document(
+        measured.fold,
+        source=source,
+        command="bench",
+        candidate=candidate,
+        check=measured.check,
+        sizes=measured.sizes,
+        latency=measured.latency,
+    )
+
+
+def check_document(check: CheckResult, *, reference: str, candidate: str) -> Document:
+    return {
+        "schema": SCHEMA,
+        "bnfold_version": __version__,
+        "reference": reference,
+        "candidate": candidate,
+        "check": check.to_dict(),
+    }
+
+
+def batchnorm_entries(document: Document) -> list[dict[str, Any]]:
+    return [entry for entry in document.get("entries") or [] if _kind(entry) == "batchnorm"]
+
+
+def affine_entries(document: Document) -> list[dict[str, Any]]:
+    return [entry for entry in document.get("entries") or [] if _kind(entry) == "affine"]
+
+
+def _kind(entry: dict[str, Any]) -> str:
+    return str(entry.get("kind", "batchnorm"))  # documents before "kind" held BNs only
+
+
+def entry_outcome(entry: dict[str, Any]) -> str:
+    """``folded into previous conv1 through Reshape (Keras)`` or ``left: reason: detail``."""
+    if entry["outcome"] == "left":
+        return f"left: {entry['reason']}: {entry['detail']}"
+    where = "previous" if entry["outcome"] == "folded_into_previous" else "next"
+    via = f" through {', '.join(entry['via'])}" if entry["via"] else ""
+    stage = " (Keras)" if entry.get("stage") == "keras" else ""
+    return f"folded into {where} {', '.join(entry['target'])}{via}{stage}"
+
+
+def summary(document: Document) -> str:
+    """One line: BNs found, folded, left; other affines; the check; the speedups."""
+    parts = []
+    counts = document.get("counts")
+    if counts is not None:
+        folded = counts["folded_into_previous"] + counts["folded_into_next"]
+        parts.append(f"{counts['found']} BN found, {folded} folded, {counts['left']} left")
+        if counts.get("affines_folded"):
+            parts.append(f"{counts['affines_folded']} other constant affines folded")
+    check = document.get("check")
+    if check is not None:
+        verdict = "passed" if check["passed"] else "FAILED"
+        parts.append(f"check {verdict} (max rel {_g(check['max_rel'])})")
+    latency = document.get("latency")
+    if latency is not None:
+        for level in latency["levels"]:
+            parts.append(f"speedup {level['speedup']:.2f}x at {level['level']}")
+    return "; ".join(parts)
+
+
+def conditions(latency: dict[str, Any]) -> str:
+    threads = latency["threads"]
+    threads_text = "onnxruntime's default threads" if threads == 0 else f"{threads} thread(s)"
+    machine = latency["machine"]
+    budget = (
+        f", time budget {latency['time_budget_s']:g} s per level"
+        if latency.get("time_budget_s")
+        else ""
+    )
+    return (
+        f"{latency['provider']}, {threads_text}, batch {latency['batch']}, "
+        f"{latency['warmup']} warm-up then up to {latency['runs']} interleaved pairs{budget}; "
+        f"{machine['cpu']}, {machine['logical_cores']} logical cores, "
+        f"onnxruntime {machine['versions'].get('onnxruntime', '?')}"
+    )
+
+
+def speedup(level: dict[str, Any]) -> str:
+    low, high = level["speedup_ci"]
+    return f"{level['speedup']:.3f}x ({100 * level['confidence']:.0f}% CI {low:.3f}-{high:.3f})"
+
+
+SIZE_ROWS = (
+    ("nodes", "nodes"),
+    ("parameters", "parameters"),
+    ("weight_bytes", "weight bytes"),
+    ("batchnorm_nodes", "BatchNormalization nodes"),
+    ("affine_nodes", "BN/affine nodes"),
+)
+
+
+def size_rows(sizes: dict[str, Any]) -> list[tuple[str, int, int, str]]:
+    rows = []
+    for key, label in SIZE_ROWS:
+        before, after = sizes["before"][key], sizes["after"][key]
+        change = f"{after - before:+,d}" if before != after else "="
+        rows.append((label, before, after, change))
+    return rows
+
+
+def gate(output: dict[str, Any]) -> str:
+    """The verdict and the bound that decided it. An output passes when
+    ``max_abs <= atol + rtol * max|original|``; the larger term is named, so a pass on the
+    absolute bound of an output near zero does not read like a small relative error."""
+    verdict = "pass" if output["passed"] else "FAIL"
+    atol, rtol, scale = output["atol"], output["rtol"], output.get("scale")
+    max_abs = output["max_abs"]
+    if scale is None or max_abs is None:
+        return f"{verdict} (atol {atol:g}, rtol {rtol:g})"
+    sign = "<=" if output["passed"] else ">"
+    relative = f"rtol {rtol:g} x max|orig| {scale:.3g}"
+    # The deciding term first: an output near zero passes on atol, whatever max_rel says.
+    terms = f"{relative} + atol {atol:g}" if rtol * scale > atol else f"atol {atol:g} + {relative}"
+    return f"{verdict}: max abs {max_abs:.3g} {sign} {atol + rtol * scale:.3g} = {terms}"
+
+
+def _g(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def g(value: float | None, digits: int = 3) -> str:
+    """A number in ``digits`` significant digits, ``-`` when absent (or not finite in JSON)."""
+    return _g(value, digits)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,102 @@
+"""Markdown that fits a pull-request comment: tables, the fold log folded away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnfold.report.document import (
+    Document,
+    affine_entries,
+    batchnorm_entries,
+    conditions,
+    entry_outcome,
+    g,
+    gate,
+    percent,
+    size_rows,
+    speedup,
+    summary,
+)
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _sizes(sizes: dict[str, Any]) -> list[str]:
+    lines = ["| | before | after | change |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {label} | {before:,} | {after:,} | {change} |"
+        for label, before, after, change in size_rows(sizes)
+    ]
+    return [*lines, ""]
+
+
+def _latency(latency: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Latency in ms: {_md(conditions(latency))}.",
+        "",
+        "| level | model | p50 | p90 | p99 | mean | min | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in latency["levels"]:
+        for key in ("baseline", "candidate"):
+            stats = level[key]
+            lines.append(
+                f"| {level['ort_level']} | {_md(latency[key])} | {stats['p50']:.3f} | "
+                f"{stats['p90']:.3f} | {stats['p99']:.3f} | {stats['mean']:.3f} | "
+                f"{stats['min']:.3f} | {stats['runs']} |"
+            )
+        lines.append(f"| {level['ort_level']} | **speedup** | **{speedup(level)}** |||||")
+    return [*lines, ""]
+
+
+def _check(check: dict[str, Any]) -> list[str]:
+    samples = f" ({check['samples']} samples)" if check.get("samples", 1) > 1 else ""
+    lines = [
+        f"Equivalence on {_md(check['inputs'])}{samples}.",
+        "",
+        "| output | max abs | max rel | original vs float64 | folded vs float64 | top-1 | gate |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for output in check["outputs"]:
+        verdict = gate(output)
+        verdict = verdict if output["passed"] else verdict.replace("FAIL", "**FAIL**", 1)
+        lines.append(
+            f"| {_md(output['name'])} | {g(output['max_abs'])} | {g(output['max_rel'])} | "
+            f"{g(output.get('reference_vs_float64'))} | "
+            f"{g(output.get('candidate_vs_float64'))} | "
+            f"{percent(output.get('top1_agreement'))} | {_md(verdict)} |"
+        )
+    if check.get("float64_note"):
+        lines += ["", f"_{_md(check['float64_note'])}_"]
+    return [*lines, ""]
+
+
+def _log(title: str, entries: list[dict[str, Any]], first_column: str) -> list[str]:
+    lines = [f"<details><summary>{title}</summary>", "", f"| {first_column} | ops | outcome |"]
+    lines.append("|---|---|---|")
+    lines += [
+        f"| {_md(entry['name'])} | {'+'.join(entry['ops'])} | {_md(entry_outcome(entry))} |"
+        for entry in entries
+    ]
+    return [*lines, "", "</details>", ""]
+
+
+def render_markdown(document: Document) -> str:
+    title = document.get("input") or document.get("reference") or "model"
+    lines = [f"### bnfold report: `{title}`", "", f"**{summary(document)}**", ""]
+    if document.get("sizes") is not None:
+        lines += _sizes(document["sizes"])
+    if document.get("latency") is not None:
+        lines += _latency(document["latency"])
+    if document.get("check") is not None:
+        lines += _check(document["check"])
+    batchnorms, affines = batchnorm_entries(document), affine_entries(document)
+    if batchnorms:
+        found = (document.get("counts") or {}).get("found", len(batchnorms))
+        lines += _log(f"Fold log ({found} BN)", batchnorms, "BN")
+    if affines:
+        lines += _log(f"Other constant affines folded ({len(affines)})", affines, "affine")
+    lines.append(f"<sub>bnfold {document['bnfold_version']}, schema {document['schema']}</sub>")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""How a check and a benchmark run: every default is written here, once.
+
+The command line builds one ``CheckSettings`` and one ``BenchSettings`` from its options and
+passes them down whole; the library takes the same objects. Standard library only, so the
+command line can read the defaults for ``--help`` without importing numpy or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Arrays by input name, or an .npz file holding them.
+Inputs = Mapping[str, Any] | str | os.PathLike[str]
+
+# The graph-optimisation levels a benchmark can time, by the command line's --level choice.
+LEVEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "all": ("all",),
+    "disable": ("disable",),
+    "both": ("all", "disable"),
+}
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """How the original and the folded model are compared.
+
+    ``inputs``: arrays by input name or an .npz path (default: seeded random normal values);
+    ``dims``: sizes of named dynamic dimensions for random inputs; ``seed``: the first seed;
+    ``samples``: random input sets compared (seeds ``seed .. seed + samples - 1``);
+    ``rtol``/``atol``: the gate (``None``: by the output's dtype, see
+    ``bnfold.comparison.DEFAULT_TOLERANCES``); ``float64``: also run the original cast to
+    float64, so a report shows whether an error is the fold's or float32's.
+    """
+
+    inputs: Inputs | None = None
+    dims: Mapping[str, int] = field(default_factory=dict)
+    seed: int = 0
+    samples: int = 1
+    rtol: float | None = None
+    atol: float | None = None
+    float64: bool = False
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How latency is measured: ``levels`` (``"all"``: ORT_ENABLE_ALL, what users deploy;
+    ``"disable"``: ORT_DISABLE_ALL, what the graph itself costs), ``runs`` timed pairs per
+    level after ``warmup`` untimed runs of each model, or fewer when ``time_budget_s`` (per
+    level) runs out; ``threads`` intra-op threads (0: onnxruntime's default), ``batch`` the
+    size of a dynamic first dimension, ``provider`` the execution provider, ``seed`` the seed
+    of the random inputs and of the bootstrap interval."""
+
+    levels: tuple[str, ...] = LEVEL_CHOICES["both"]
+    runs: int = 50
+    warmup: int = 5
+    time_budget_s: float | None = None
+    threads: int = 1
+    batch: int = 1
+    provider: str = "CPUExecutionProvider"
+    seed: int = 0
+
+
+__all__ = ["LEVEL_CHOICES", "BenchSettings", "CheckSettings", "Inputs"]
