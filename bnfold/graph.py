@@ -32,11 +32,21 @@ def constant_array(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
     return constant_value(value)
 
 
-def sole_consumer(value: ir.Value) -> ir.Node | None:
-    """The one node that reads ``value``, if exactly one does and it is not a graph output."""
+# Readers of a value's shape only, which a fold keeps (tf2onnx's Flatten is
+# Shape -> Gather -> Concat -> Reshape).
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
+
+def _reads_shape_only(node: ir.Node) -> bool:
+    return node.op_type in SHAPE_ONLY_OPS and node.domain in ("", "ai.onnx")
+
+
+def sole_consumer(value: ir.Value, *, shape_readers_ok: bool = False) -> ir.Node | None:
+    """The one node that reads ``value``, if exactly one does and it is not a graph output;
+    with ``shape_readers_ok``, Shape and Size readers do not count."""
     if value.is_graph_output():
         return None
-    uses = list(value.uses())
+    uses = [use for use in value.uses() if not (shape_readers_ok and _reads_shape_only(use.node))]
     if len(uses) != 1:
         return None
     consumers = {id(use.node) for use in uses}

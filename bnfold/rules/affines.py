@@ -115,10 +115,12 @@ class AffineChain:
             assert op.affine is not None
             op_axis = op.axis_from_front
             if op.axis_from_back is not None:
-                if rank is None:
-                    return Skip(Reason.UNPROVEN_LAYOUT, "the rank of the BN input is unknown")
-                op_axis = rank - op.axis_from_back
+                # Rank unknown: counted from the end (-1 is the last axis), which a layer with
+                # its channels last (MatMul, Gemm) matches whatever the rank.
+                op_axis = -op.axis_from_back if rank is None else rank - op.axis_from_back
             if op_axis is not None:
+                if axis is not None and (op_axis < 0) != (axis < 0):
+                    return Skip(Reason.UNPROVEN_LAYOUT, "the rank of the BN input is unknown")
                 if axis is not None and op_axis != axis:
                     return Skip(
                         Reason.CHANNEL_MISMATCH,

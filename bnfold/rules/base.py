@@ -130,6 +130,8 @@ class BackwardRule:
         if isinstance(resolved, Skip):
             return resolved
         affine, chain_axis = resolved
+        if chain_axis is not None and (chain_axis < 0) != (axis < 0):
+            return Skip(Reason.UNPROVEN_LAYOUT, "the rank of the BN input is unknown")
         for layout_node in layout_nodes:
             if is_commuting(layout_node) and (condition := affine_skip(layout_node, affine)):
                 return condition
@@ -191,7 +193,7 @@ def exclusive_path_skip(
     for value, reader in zip(values, readers, strict=True):
         if value.is_graph_output():
             return Skip(Reason.GRAPH_OUTPUT, f"{value.name} is a graph output")
-        if sole_consumer(value) is not reader:
+        if sole_consumer(value, shape_readers_ok=True) is not reader:
             writer = value.producer()
             where = node_label(writer) if writer is not None else value.name
             return Skip(Reason.SHARED_OUTPUT, f"the output of {where} has other readers")

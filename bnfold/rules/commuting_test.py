@@ -161,7 +161,7 @@ def _counted_padding(rng, *, shift, forward):
 
 @pytest.mark.parametrize("forward", [False, True])
 def test_counted_padding_takes_a_scale_but_not_a_shift(rng, forward):
-    result, check, folded = fold_and_compare(_counted_padding(rng, shift=True, forward=forward))
+    result, check, _folded = fold_and_compare(_counted_padding(rng, shift=True, forward=forward))
     assert result.entries[0].reason is Reason.PADDING
     assert "count_include_pad=1" in result.entries[0].detail
     assert check.max_abs == 0.0

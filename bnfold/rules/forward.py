@@ -32,6 +32,7 @@ from bnfold.affine import FoldArithmeticError, ScaleShift
 from bnfold.foldlog import Outcome, Reason, Skip
 from bnfold.graph import (
     LAYOUT_OPS,
+    SHAPE_ONLY_OPS,
     constant_array,
     int_attr,
     ints_attr,
@@ -42,10 +43,6 @@ from bnfold.graph import (
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import FoldContext, Folded, remove_affine_chain
 from bnfold.rules.commuting import affine_skip, follow_ids, is_commuting
-
-# Readers that only look at the shape, which the fold keeps (tf2onnx's Flatten is
-# Shape -> Gather -> Concat -> Reshape, with the Shape reading the BN output).
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 
 Apply = Callable[[], None]
 """Writes a fold whose arrays are already computed; cannot fail."""
@@ -384,15 +381,13 @@ class AffineThenLinear:
                 return Skip(Reason.CHANNEL_MISMATCH, "a per-channel affine without a known axis")
             return affine.broadcast_to(features)
         channels = affine.channels
-        if not reader.layout:
+        if not reader.layout and chain_axis is not None:
             rank = rank_of(chain.output) or rank_of(chain.input)
             layer_axis = layer.input_axis
-            if layer_axis < 0:
-                if rank is None:
-                    return Skip(
-                        Reason.UNPROVEN_LAYOUT, f"{label}: the rank of its input is unknown"
-                    )
+            if layer_axis < 0 and rank is not None:
                 layer_axis += rank
+            if (layer_axis < 0) != (chain_axis < 0):  # rank unknown: both must count from the end
+                return Skip(Reason.UNPROVEN_LAYOUT, f"{label}: the rank of its input is unknown")
             if layer_axis != chain_axis:
                 return Skip(
                     Reason.CHANNEL_MISMATCH,

@@ -38,8 +38,8 @@ class MatMulThenAffine(BackwardRule):
             return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: weight is not 2-D")
         data = node.inputs[0]
         rank = rank_of(node.outputs[0]) or (rank_of(data) if data is not None else None)
-        if rank is None:
-            return Skip(Reason.UNPROVEN_LAYOUT, f"{node_label(node)}: rank unknown")
+        if rank is None:  # the channels are last whatever the rank: axis -1
+            return LinearLayer(node, weight, None, weight.shape[1], -1, None)
         if rank < 2:
             return Skip(Reason.UNSUPPORTED_LAYER, f"{node_label(node)}: 1-D input")
         return LinearLayer(node, weight, None, weight.shape[1], rank - 1, rank)
@@ -50,7 +50,6 @@ class MatMulThenAffine(BackwardRule):
         weight = np.asarray(layer.weight, dtype=np.float64)
         new_weight = cast_like(weight * along_axis(affine.scale, 1, 2), layer.weight)
         chain_rank = rank_of(chain.input) or layer.rank
-        assert chain_rank is not None
         # The shift goes back where the chain was, shaped along the chain's channel axis.
         resolved = chain.resolve(chain_rank)
         assert not isinstance(resolved, Skip)
@@ -61,7 +60,8 @@ class MatMulThenAffine(BackwardRule):
         else:
             # e.g. [C, 1, 1] for axis 1 of a rank-4 tensor.
             axis = resolved[1]
-            shift = cast_like(along_axis(affine.shift, 0, chain_rank - axis), layer.weight)
+            from_end = -axis if axis < 0 or chain_rank is None else chain_rank - axis
+            shift = cast_like(along_axis(affine.shift, 0, from_end), layer.weight)
         label = node_label(layer.node)
         set_constant_input(
             context.graph, layer.node, 1, new_weight, context.names, f"{label}_bnfold"
