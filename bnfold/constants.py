@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx_ir as ir
-from onnx.reference import ReferenceEvaluator
 
 _CACHE_KEY = "bnfold.constant"
 _NOT_CONSTANT = "not constant"
@@ -173,6 +172,8 @@ def _evaluate(value: ir.Value) -> npt.NDArray[np.generic] | None:
     )
     opset = _opset(subgraph.nodes[-1])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    from onnx.reference import ReferenceEvaluator  # only when a subgraph is to be computed
+
     try:
         [result] = ReferenceEvaluator(model).run([output], subgraph.feeds)
     except Exception:  # an op the reference cannot run, or an invalid subgraph: not constant
