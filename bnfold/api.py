@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from bnfold.errors import CheckFailedError, UsageError
+from bnfold.errors import CheckFailedError, OutputError, UsageError
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
 from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
 from bnfold.settings import BenchSettings, CheckSettings
@@ -149,7 +149,10 @@ def _save(writer: Frontend, model: Any, output: PathLike) -> None:
     target = Path(output)
     with atomic_folder(target) as scratch:
         writer.save(model, scratch / target.name)
-        os.replace(scratch / target.name, target)
+        try:
+            os.replace(scratch / target.name, target)
+        except OSError as error:
+            raise OutputError(f"{target}: cannot write ({error.strerror or error})") from error
 
 
 @dataclasses.dataclass
