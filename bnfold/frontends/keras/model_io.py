@@ -135,8 +135,10 @@ def save_keras_model(model: Any, path: Path) -> None:
     keras = keras_of(model)
     path = Path(path)
     if holds_signature_only(model):
+        # The path is a staging name beside the output; the message is about the input.
         raise OutputError(
-            f"{path}: the SavedModel holds no Keras model to write as Keras; write .onnx instead"
+            "the SavedModel holds TensorFlow functions, not a Keras model, so it cannot be "
+            "written as .keras or .h5; write .onnx instead"
         )
     suffix = next((s for s in reversed(path.suffixes) if s.lower() in KERAS_SUFFIXES), None)
     if suffix is None:

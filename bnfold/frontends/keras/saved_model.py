@@ -21,7 +21,7 @@ from bnfold.frontends.keras.loading import (
     refuse_code_layers,
     remember,
 )
-from bnfold.frontends.keras.runtime import first_line, import_keras, quiet_keras
+from bnfold.frontends.keras.runtime import first_line, import_keras, import_tf_keras, quiet_keras
 
 SERVING_SIGNATURE = "serving_default"
 # Set on the wrapper layer: a model holding it has no Keras layers to save.
@@ -42,10 +42,10 @@ def holds_signature_only(model: Any) -> bool:
 def _keras2_root_config(path: Path) -> Any:
     """The root model's config from ``keras_metadata.pb`` (for the Lambda and custom-class
     checks); ``{}`` when the metadata cannot be read, and tf_keras then says what is wrong."""
-    try:
-        from tf_keras.protobuf import saved_metadata_pb2
-    except ImportError:
+    if import_tf_keras() is None:  # imports TensorFlow quietly first
         return {}
+    from tf_keras.protobuf import saved_metadata_pb2
+
     metadata = saved_metadata_pb2.SavedMetadata()
     try:
         metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
