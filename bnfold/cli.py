@@ -257,22 +257,7 @@ def _show(document: dict[str, Any], as_json: bool, report_path: str | None) -> N
 
     click.echo(report.json_text(document) if as_json else report.render_text(document))
     if report_path is not None:
-        _write_report(report_path, report.render_report(document, Path(report_path).suffix))
-
-
-def _write_report(path: str, text: str) -> None:
-    """Write atomically: a temporary file beside it, then a rename."""
-    from bnfold.errors import OutputError
-    from bnfold.frontends.onnx import atomic_folder
-
-    target = Path(path)
-    with atomic_folder(target) as scratch:
-        staged = scratch / target.name
-        try:
-            staged.write_text(text, encoding="utf-8")
-            os.replace(staged, target)
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+        report.write_report(document, report_path)
 
 
 def _load_settings(allow_unsafe: bool, opset: int | None = None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import jsonschema
@@ -163,3 +164,72 @@ def test_ecdf_path_visits_every_sample(pieces):
 def test_render_report_refuses_an_unknown_suffix(pieces):
     with pytest.raises(ValueError, match=r"\.json, \.md or \.html"):
         report.render_report(document_of(pieces), ".txt")
+
+
+def conv_bias_add_and_bn_model():
+    """A bias-free Conv whose bias is a separate Add (not a BN: no scale), then Relu, then a
+    Conv with a BatchNormalization after it: one BN and one other constant affine."""
+    rng = np.random.default_rng(4)
+    weights = {
+        "w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        "bias": rng.normal(size=(1, 4, 1, 1)).astype(np.float32),
+        "w2": rng.normal(size=(5, 4, 1, 1)).astype(np.float32),
+        **batchnorm_params(rng, 5),
+    }
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+            helper.make_node("Add", ["c1", "bias"], ["a"], name="conv1_bias"),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2"], ["c2"], name="conv2"),
+            batchnorm_node("c2", "y"),
+        ],
+        [("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        ["y"],
+        weights,
+    )
+
+
+def test_other_constant_affines_are_listed_apart_and_every_format_agrees(tmp_path, schema):
+    import onnx
+
+    import bnfold
+    from bnfold.fold import METADATA_KEY
+
+    result = bnfold.fold(conv_bias_add_and_bn_model(), tmp_path / "f.onnx")
+    kinds = sorted((entry.kind, entry.name) for entry in result.entries)
+    assert kinds == [("affine", "conv1_bias"), ("batchnorm", "bn")]
+    counts = result.counts()
+    assert (counts["found"], counts["folded_into_previous"], counts["left"]) == (1, 1, 0)
+    assert counts["affines_folded"] == 1
+    document = report.result_document(result, source="m.onnx")
+    validate(document, schema)
+    text = report.render_text(document)
+    assert "Found 1: 1 folded into previous, 0 into next, 0 left" in text
+    assert "Other constant affines folded: 1 (not counted as BN)" in text
+    markdown = report.render_report(document, ".md")
+    assert "1 BN found, 1 folded, 0 left; 1 other constant affines folded" in markdown
+    assert "Fold log (1 BN)" in markdown and "Other constant affines folded (1)" in markdown
+    page = report.render_report(document, ".html")
+    assert "Fold log (1 BN)" in page and "Other constant affines folded (1)" in page
+    assert json.loads(report.render_report(document, ".json"))["counts"] == counts
+    written = {p.key: p.value for p in onnx.load(tmp_path / "f.onnx").metadata_props}
+    assert json.loads(written[METADATA_KEY]) == {
+        "found": 1,
+        "folded_into_previous": 1,
+        "folded_into_next": 0,
+        "left": 0,
+        "affines_folded": 1,
+    }
+
+
+def test_the_gate_names_the_bound_that_decided():
+    from bnfold.report.document import gate
+    from bnfold.results import OutputComparison
+
+    tiny = OutputComparison("y", "float32", [2], 3e-6, 0.8, 1e-6, 1e-4, 1e-5, True, scale=3.6e-6)
+    assert gate(asdict(tiny)).startswith("pass: max abs 3e-06 <= 1e-05 = atol 1e-05 + rtol")
+    large = OutputComparison("y", "float32", [2], 9e-5, 3e-7, 1e-6, 1e-4, 1e-5, True, scale=265.0)
+    assert gate(asdict(large)).endswith("= rtol 0.0001 x max|orig| 265 + atol 1e-05")
+    failed = OutputComparison("y", "float32", [2], 1.0, 0.5, 0.1, 1e-4, 1e-5, False, scale=2.0)
+    assert gate(asdict(failed)).startswith("FAIL: max abs 1 > 0.00021")

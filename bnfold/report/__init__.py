@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from bnfold.report.document import (
@@ -52,6 +54,23 @@ def render_report(document: Document, suffix: str) -> str:
     raise ValueError(f"no report format for {suffix!r}: use .json, .md or .html")
 
 
+def write_report(document: Document, path: str | os.PathLike[str]) -> None:
+    """Render by ``path``'s suffix and write atomically: a temporary file beside it, then a
+    rename, so a pipeline never reads half a report."""
+    from bnfold.errors import OutputError
+    from bnfold.frontends.onnx import atomic_folder
+
+    target = Path(path)
+    text = render_report(document, target.suffix)
+    with atomic_folder(target) as scratch:
+        staged = scratch / target.name
+        try:
+            staged.write_text(text, encoding="utf-8")
+            os.replace(staged, target)
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
 __all__ = [
     "REPORT_SUFFIXES",
     "SCHEMA",
@@ -65,4 +84,5 @@ __all__ = [
     "render_report",
     "render_text",
     "result_document",
+    "write_report",
 ]

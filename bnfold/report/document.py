@@ -84,6 +84,8 @@ def entry_outcome(entry: dict[str, Any]) -> str:
     """``folded into previous conv1 through Reshape (Keras)`` or ``left: reason: detail``."""
     if entry["outcome"] == "left":
         return f"left: {entry['reason']}: {entry['detail']}"
+    if entry["outcome"] == "removed_by_converter":
+        return f"removed by the converter: {entry['detail']}"
     where = "previous" if entry["outcome"] == "folded_into_previous" else "next"
     via = f" through {', '.join(entry['via'])}" if entry["via"] else ""
     stage = " (Keras)" if entry.get("stage") == "keras" else ""
@@ -96,6 +98,7 @@ def summary(document: Document) -> str:
     counts = document.get("counts")
     if counts is not None:
         folded = counts["folded_into_previous"] + counts["folded_into_next"]
+        folded += counts.get("removed_by_converter", 0)
         parts.append(f"{counts['found']} BN found, {folded} folded, {counts['left']} left")
         if counts.get("affines_folded"):
             parts.append(f"{counts['affines_folded']} other constant affines folded")

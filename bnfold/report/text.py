@@ -40,7 +40,13 @@ def format_log(document: Document) -> str:
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["left_by_reason"].items()))
     lines.append(
         f"Found {counts['found']}: {counts['folded_into_previous']} folded into previous, "
-        f"{counts['folded_into_next']} into next, {counts['left']} left"
+        f"{counts['folded_into_next']} into next, "
+        + (
+            f"{counts['removed_by_converter']} removed by the converter, "
+            if counts.get("removed_by_converter")
+            else ""
+        )
+        + f"{counts['left']} left"
         + (f" ({reasons})" if reasons else "")
     )
     return "\n".join(lines)
