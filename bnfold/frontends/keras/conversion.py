@@ -17,7 +17,7 @@ from bnfold.frontends.keras.runtime import (
     first_line,
     import_keras,
     import_tf2onnx,
-    quiet_native_stderr,
+    quiet_keras,
 )
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
 
     function = tf.function(call, input_signature=signature, jit_compile=False, autograph=False)
     try:
-        with quiet_native_stderr():
+        with quiet_keras():  # also Keras warnings from tracing the model
             if _captures_tensors(tf, function, len(signature)):
                 proto = _convert_frozen(tf, tf2onnx, function, opset)
             else:
