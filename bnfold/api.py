@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from bnfold.errors import CheckFailedError, OutputError, UsageError
+from bnfold.errors import CheckFailedError, InputError, OutputError, UsageError
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
 from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
 from bnfold.settings import BenchSettings, CheckSettings
@@ -107,12 +107,13 @@ class _Reference:
     sets, its outputs on them and (with ``float64``) its float64 outputs."""
 
     def __init__(self, frontend: Frontend, model: Any, settings: CheckSettings, baseline: Any):
-        from bnfold.check.equivalence import check_feeds, float64_outputs
+        from bnfold.check.equivalence import float64_outputs
 
         self.settings = _gated(settings, frontend, model)
         self.specs = frontend.input_specs(model)
-        self.feed_sets, self.description = check_feeds(self.specs, self.settings)
-        self.expected = [frontend.run(model, feeds) for feeds in self.feed_sets]
+        self.feed_sets, self.description, self.expected = _run_original(
+            frontend, model, self.specs, self.settings
+        )
         self.float64 = float64_outputs(baseline, self.feed_sets) if settings.float64 else ([], "")
 
     def compare(self, run: Callable[[Arrays], Arrays]) -> CheckResult:
@@ -120,6 +121,39 @@ class _Reference:
 
         actual = [run(feeds) for feeds in self.feed_sets]
         return compare_runs(self.expected, actual, self.settings, self.description, self.float64)
+
+
+def _run_original(
+    frontend: Frontend, model: Any, specs: list[Any], settings: CheckSettings
+) -> tuple[list[Arrays], str, list[Arrays]]:
+    """Input sets, their description and the original's outputs on them. Random inputs whose
+    dynamic dimensions nobody sized are tried at the default size, then at each fallback size
+    (a detector may need multiples of 32), until the original runs; the description says the
+    sizes used. When none runs, the error names every shape tried and the way out."""
+    from bnfold.check import equivalence
+
+    sizes = [equivalence.DEFAULT_DYNAMIC]
+    if settings.inputs is None and equivalence.free_dimensions(specs, settings.dims):
+        sizes += equivalence.FALLBACK_SIZES
+    tried: list[str] = []
+    for size in sizes:
+        try:
+            feed_sets, description = equivalence.check_feeds(specs, settings, size)
+            return feed_sets, description, [frontend.run(model, feeds) for feeds in feed_sets]
+        except InputError as error:
+            if len(sizes) == 1:
+                raise
+            tried.append(
+                ", ".join(
+                    f"{spec.name}{list(equivalence.concrete_shape(spec, settings.dims, size))}"
+                    for spec in specs
+                )
+            )
+            failure = error
+    raise InputError(
+        f"{failure} (shapes tried: {'; '.join(tried)}); give the sizes of dynamic dimensions "
+        "with --dim NAME=SIZE or real inputs with --inputs"
+    ) from failure
 
 
 def _stage(seconds: dict[str, float], name: str, started: float) -> float:

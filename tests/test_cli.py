@@ -262,3 +262,48 @@ def test_report_cannot_measure_against_an_input_it_overwrites(tmp_path):
         assert code == 2 and "--overwrite-input" in stderr
     assert source.read_bytes() == DEMO.read_bytes()
     assert not (tmp_path / "r.json").exists()
+
+
+def sized_model(path: Path, flat: int) -> Path:
+    """Conv -> BN -> Reshape to [-1, flat]: runs only when 4*H*W*N divides by ``flat``."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from bnfold.testing import batchnorm_node, batchnorm_params, make_model
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.normal(size=(4, 3, 1, 1)).astype(np.float32),
+        "shape": np.array([-1, flat], np.int64),
+        **batchnorm_params(rng, 4),
+    }
+    proto = make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            batchnorm_node("c", "b"),
+            helper.make_node("Reshape", ["b", "shape"], ["y"], name="flatten"),
+        ],
+        [("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [("y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    onnx.save(proto, path)
+    return path
+
+
+def test_check_finds_sizes_the_model_runs_at(tmp_path):
+    """4*16*16*2 = 2048 elements do not reshape to [-1, 4096]; at 32x32 they do."""
+    source = sized_model(tmp_path / "m.onnx", 4096)
+    code, stdout, stderr = run(str(source), "-o", str(tmp_path / "f.onnx"))
+    assert code == 0, stderr
+    assert "Check on random normal, seed 0: x[2, 3, 32, 32]" in stdout
+
+
+def test_check_that_finds_no_size_names_the_shapes_tried_and_dim(tmp_path):
+    source = sized_model(tmp_path / "m.onnx", 7777)
+    out = tmp_path / "f.onnx"
+    code, _, stderr = run(str(source), "-o", str(out))
+    assert code == 3 and not out.exists()
+    (line,) = stderr.strip().splitlines()
+    assert "x[2, 3, 16, 16]; x[2, 3, 32, 32]; x[2, 3, 64, 64]" in line
+    assert "--dim NAME=SIZE" in line and "--no-check" in line and "check=" not in line

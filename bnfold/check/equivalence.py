@@ -40,7 +40,16 @@ Arrays = dict[str, npt.NDArray[Any]]
 RANDOM_INPUT_LIMIT_BYTES = 2 * 2**30
 
 
-def concrete_shape(spec: InputSpec, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+# When a model cannot run with DEFAULT_DYNAMIC (a detector that needs multiples of 32), the
+# check tries these sizes for the dynamic dimensions nobody sized, in order.
+FALLBACK_SIZES = (32, 64, 224, 640)
+
+
+def concrete_shape(
+    spec: InputSpec, dims: Mapping[str, int] | None = None, size: int = DEFAULT_DYNAMIC
+) -> tuple[int, ...]:
+    """``spec``'s shape with named dynamic dimensions from ``dims``, an unsized first one
+    ``DEFAULT_BATCH`` and any other unsized one ``size``."""
     dims = dims or {}
     shape = []
     for axis, dim in enumerate(spec.shape):
@@ -49,8 +58,20 @@ def concrete_shape(spec: InputSpec, dims: Mapping[str, int] | None = None) -> tu
         elif isinstance(dim, str) and dim in dims:
             shape.append(dims[dim])
         else:
-            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_DYNAMIC)
+            shape.append(DEFAULT_BATCH if axis == 0 else size)
     return tuple(shape)
+
+
+def free_dimensions(specs: list[InputSpec], dims: Mapping[str, int]) -> bool:
+    """Whether some dynamic dimension past the batch axis has no size from ``dims``: only
+    then can another size make a model run."""
+    return any(
+        axis > 0
+        and not (isinstance(dim, int) and dim >= 0)
+        and not (isinstance(dim, str) and dim in dims)
+        for spec in specs
+        for axis, dim in enumerate(spec.shape)
+    )
 
 
 def random_inputs(
@@ -290,14 +311,16 @@ def _concatenate(batches: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.ND
     return joined
 
 
-def check_feeds(specs: list[InputSpec], settings: CheckSettings) -> tuple[list[Arrays], str]:
+def check_feeds(
+    specs: list[InputSpec], settings: CheckSettings, size: int = DEFAULT_DYNAMIC
+) -> tuple[list[Arrays], str]:
     """The input sets a check runs on, and how to describe them in a report: the caller's
-    arrays or .npz (one set), else ``settings.samples`` seeded random sets."""
+    arrays or .npz (one set), else ``settings.samples`` seeded random sets (dynamic
+    dimensions sized by ``settings.dims``, else ``size``)."""
     if settings.inputs is None:
         seed, samples = settings.seed, settings.samples
-        sets = [
-            random_inputs(specs, seed=seed + index, dims=settings.dims) for index in range(samples)
-        ]
+        shapes = {spec.name: concrete_shape(spec, settings.dims, size) for spec in specs}
+        sets = [random_inputs(specs, seed=seed + index, shapes=shapes) for index in range(samples)]
         shown = ", ".join(f"{name}{list(array.shape)}" for name, array in sets[0].items())
         seeds = f"seed {seed}" if samples == 1 else f"seeds {seed}..{seed + samples - 1}"
         return sets, f"random normal, {seeds}: {shown}"
