@@ -85,6 +85,10 @@ def entry_outcome(entry: dict[str, Any]) -> str:
     if entry["outcome"] == "left":
         return f"left: {entry['reason']}: {entry['detail']}"
     if entry["outcome"] == "removed_by_converter":
+        into = f" into {', '.join(entry['target'])}" if entry["target"] else ""
+        detail = f": {entry['detail']}" if entry.get("detail") else ""
+        return f"removed by the converter (folded{into} during conversion){detail}"
+    if entry["outcome"] == "removed_by_converter":
         return f"removed by the converter: {entry['detail']}"
     where = "previous" if entry["outcome"] == "folded_into_previous" else "next"
     via = f" through {', '.join(entry['via'])}" if entry["via"] else ""
@@ -99,7 +103,11 @@ def summary(document: Document) -> str:
     if counts is not None:
         folded = counts["folded_into_previous"] + counts["folded_into_next"]
         folded += counts.get("removed_by_converter", 0)
-        parts.append(f"{counts['found']} BN found, {folded} folded, {counts['left']} left")
+        removed = counts.get("removed_by_converter", 0)
+        removed_text = f", {removed} removed by the converter" if removed else ""
+        parts.append(
+            f"{counts['found']} BN found, {folded} folded{removed_text}, {counts['left']} left"
+        )
         if counts.get("affines_folded"):
             parts.append(f"{counts['affines_folded']} other constant affines folded")
     check = document.get("check")
