@@ -179,4 +179,21 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
     _name_boundary(
         ir_model.graph, graph_inputs + graph_outputs, [s.name for s in specs] + output_names
     )
+    from bnfold.frontends.keras.saved_model import holds_signature_only
+
+    if holds_signature_only(model):
+        _shorten_call_names(ir_model.graph)
     return ir_model
+
+
+def _shorten_call_names(graph: onnx_ir.Graph) -> None:
+    """Drop the TensorFlow call scopes (``saved_model_1/.../StatefulPartitionedCall/``) from
+    the node names of a converted SavedModel signature, so that the log names its layers
+    (``functional_1/bn_1/batchnorm/mul``); a name that would clash keeps its scopes."""
+    taken = {node.name for node in graph}
+    for node in graph:
+        name = node.name or ""
+        short = name.rsplit("StatefulPartitionedCall/", 1)[-1]
+        if short != name and short not in taken:
+            taken.add(short)
+            node.name = short
