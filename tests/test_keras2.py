@@ -106,6 +106,22 @@ def test_keras2_file_loads_with_tf_keras(kind: str, keras2_files: dict[str, Path
     assert_close(frontend.predict_keras(model, image_feeds())["bn_dense"], expected)
 
 
+def test_keras2_archive_without_metadata_is_told_by_its_config(
+    keras2_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """No metadata.json: Keras 2's config format (``batch_input_shape``) says Keras 2."""
+    import zipfile
+
+    path = tmp_path / "no_metadata.keras"
+    with zipfile.ZipFile(keras2_files["keras"]) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            if name != "metadata.json":
+                target.writestr(name, source.read(name))
+    model = frontend.load_keras_model(path)
+    assert type(model).__module__.startswith("tf_keras")
+    assert frontend.KerasFrontend().describe(model).startswith("Keras 2 .keras, loaded with")
+
+
 def keras2_cnn_outputs(path: Path) -> np.ndarray:
     return np.asarray(tf_keras.models.load_model(str(path), compile=False)(image_feeds()["image"]))
 
