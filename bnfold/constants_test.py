@@ -46,8 +46,10 @@ def test_shape_of_a_static_activation_and_a_reshaped_constant_are_constants(rng)
         opset=15,
     )
     values = _values(ir.serde.deserialize_model(proto))
-    assert constant_value(values["shape"]).tolist() == [6]
-    assert constant_value(values["reshaped"]).shape == (6, 1, 1)
+    shape = constant_value(values["shape"])
+    assert shape is not None and shape.tolist() == [6]
+    reshaped = constant_value(values["reshaped"])
+    assert reshaped is not None and reshaped.shape == (6, 1, 1)
     assert constant_value(values["r"]) is None  # reads the graph input
     assert constant_value(values["y"]) is None
 
@@ -57,7 +59,10 @@ def test_a_subgraph_of_an_overridable_initializer_is_not_constant(rng):
         helper.make_node("Unsqueeze", ["s", "axes"], ["u"]),
         helper.make_node("Mul", ["x", "u"], ["y"]),
     ]
-    inits = {"s": np.ones(3, np.float32), "axes": np.array([1, 2], np.int64)}
+    inits: dict[str, np.ndarray] = {
+        "s": np.ones(3, np.float32),
+        "axes": np.array([1, 2], np.int64),
+    }
     proto = make_model(nodes, [("x", FLOAT, [1, 3, 2, 2])], ["y"], inits)
     proto.graph.input.append(helper.make_tensor_value_info("s", FLOAT, [3]))
     assert constant_value(_values(ir.serde.deserialize_model(proto))["u"]) is None

@@ -18,6 +18,8 @@ AFFINE: EntryKind = "affine"
 class Outcome(str, enum.Enum):
     FOLDED_INTO_PREVIOUS = "folded_into_previous"
     FOLDED_INTO_NEXT = "folded_into_next"
+    # The converter (TensorFlow's graph optimiser, under tf2onnx) folded it while writing ONNX.
+    REMOVED_BY_CONVERTER = "removed_by_converter"
     LEFT = "left"
 
 
@@ -92,6 +94,7 @@ def count_entries(entries: list[FoldEntry]) -> dict[str, Any]:
         "found": len(batchnorms),
         "folded_into_previous": sum(e.outcome is Outcome.FOLDED_INTO_PREVIOUS for e in batchnorms),
         "folded_into_next": sum(e.outcome is Outcome.FOLDED_INTO_NEXT for e in batchnorms),
+        "removed_by_converter": sum(e.outcome is Outcome.REMOVED_BY_CONVERTER for e in batchnorms),
         "left": sum(not e.folded for e in batchnorms),
         "left_by_reason": reasons,
         "affines_folded": sum(e.folded for e in entries if e.kind == AFFINE),

@@ -236,7 +236,7 @@ REFUSE_CASES: dict[str, Case] = {
     "conv2d_same_3x3": Case(
         chain((6, 6, 3), relu_conv(), bn(), L.Conv2D(5, 3, padding="same", name="lin")),
         left(Reason.PADDING),
-        detail={"bn": "padding='same', kernel [3, 3]"},
+        detail={"bn": "Conv2D 'lin' pads its input with zeros"},
     ),
     "depthwise_same_3x3": Case(
         chain((6, 6, 3), relu_conv(), bn(), L.DepthwiseConv2D(3, padding="same", name="lin")),
@@ -251,22 +251,24 @@ REFUSE_CASES: dict[str, Case] = {
     "a_reader_is_not_linear": Case(
         two_readers(lambda: L.ReLU(name="relu")),
         left(Reason.CONSUMER_NOT_FOLDABLE),
-        detail={"bn": "ReLU 'relu' is not a linear layer"},
+        detail={"bn": "(ReLU 'relu') also reads it"},
     ),
     "pre_activation_bn_relu_dense": Case(
         chain(
             (5,), L.Dense(4, activation="relu", name="pre"), bn(), L.ReLU(name="relu"), L.Dense(3)
         ),
         left(Reason.NO_LINEAR_NEIGHBOUR),
-        detail={"bn": "forward: ReLU 'relu' is not a linear layer"},
+        detail={"bn": "follows an activation (relu of Dense 'pre')"},
     ),
     "bn_is_the_model_output": Case(
         chain((5,), L.Dense(4, activation="relu", name="pre"), bn()),
         left(Reason.NO_LINEAR_NEIGHBOUR),
-        detail={"bn": "forward: its output is a model output"},
+        detail={"bn": "follows an activation (relu of Dense 'pre')"},
     ),
     "bn_is_an_output_and_read": Case(
-        output_and_read, left(Reason.GRAPH_OUTPUT), detail={"bn": "model output"}
+        output_and_read,
+        left(Reason.CONSUMER_NOT_FOLDABLE),
+        detail={"bn": "BatchNormalization 'bn' is a model output"},
     ),
     "shared_reader": Case(
         shared_reader, left(Reason.CONSUMER_NOT_FOLDABLE), detail={"bn": "called 2 times"}
@@ -276,7 +278,7 @@ REFUSE_CASES: dict[str, Case] = {
             (6, 5), L.Dense(4, activation="relu", name="pre"), bn(axis=1), L.Dense(3, name="lin")
         ),
         left(Reason.CHANNEL_MISMATCH),
-        detail={"bn": "reads channels on axis 2"},
+        detail={"bn": "Dense 'lin' reads features on axis 2"},
     ),
     "dynamic_shape_through_reshape": Case(
         chain(
@@ -287,7 +289,7 @@ REFUSE_CASES: dict[str, Case] = {
             L.Dense(2, name="lin"),
         ),
         left(Reason.UNPROVEN_LAYOUT),
-        detail={"bn": "not static"},
+        detail={"bn": "cannot prove each sample keeps its elements"},
     ),
 }
 

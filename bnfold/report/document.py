@@ -88,8 +88,6 @@ def entry_outcome(entry: dict[str, Any]) -> str:
         into = f" into {', '.join(entry['target'])}" if entry["target"] else ""
         detail = f": {entry['detail']}" if entry.get("detail") else ""
         return f"removed by the converter (folded{into} during conversion){detail}"
-    if entry["outcome"] == "removed_by_converter":
-        return f"removed by the converter: {entry['detail']}"
     where = "previous" if entry["outcome"] == "folded_into_previous" else "next"
     via = f" through {', '.join(entry['via'])}" if entry["via"] else ""
     stage = " (Keras)" if entry.get("stage") == "keras" else ""
@@ -102,7 +100,6 @@ def summary(document: Document) -> str:
     counts = document.get("counts")
     if counts is not None:
         folded = counts["folded_into_previous"] + counts["folded_into_next"]
-        folded += counts.get("removed_by_converter", 0)
         removed = counts.get("removed_by_converter", 0)
         removed_text = f", {removed} removed by the converter" if removed else ""
         parts.append(

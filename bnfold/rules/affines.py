@@ -84,7 +84,10 @@ class AffineChain:
 
     @property
     def label(self) -> str:
-        named = next((op for op in self.ops if op.is_batchnorm), self.ops[0])
+        # The BN names the chain, not a bias Add that happens to precede it (tf2onnx writes
+        # Dense -> BN as MatMul -> Add(bias) -> Mul -> Add, one chain).
+        named = next((op for op in self.ops if op.is_batchnorm), None)
+        named = named or next((op for op in self.ops if op.is_per_channel_scale), self.ops[0])
         return node_label(named.node)
 
     @property

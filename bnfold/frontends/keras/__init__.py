@@ -17,7 +17,7 @@ import numpy.typing as npt
 from bnfold.errors import InputError
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
 from bnfold.frontends.keras.conversion import keras_to_onnx
-from bnfold.frontends.keras.legacy_fold import fold_keras_model
+from bnfold.frontends.keras.folding import fold_keras_model
 from bnfold.frontends.keras.loading import load_keras_model
 from bnfold.frontends.keras.model_io import (
     describe_keras_model,
@@ -37,7 +37,7 @@ class KerasFrontend:
     directories, and in-memory ``keras.Model`` / ``tf_keras.Model`` objects."""
 
     name = "keras"
-    suffixes = KERAS_SUFFIXES
+    suffixes: tuple[str, ...] = KERAS_SUFFIXES
 
     def load(self, source: str | os.PathLike[str] | Any, settings: LoadSettings) -> Any:
         if isinstance(source, str | os.PathLike):

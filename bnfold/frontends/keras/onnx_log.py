@@ -1,55 +1,89 @@
-"""The log of a Keras model written as ONNX: the fold core runs once more on the converted
-graph (tf2onnx writes some BNs as Mul/Add the Keras pass could not reach), and every entry
-is made true of that ONNX graph."""
+"""The log of a Keras model written as ONNX, made true of that ONNX file.
+
+The fold core runs once more on the converted graph: tf2onnx writes some BNs the Keras pass
+left as Mul/Add it can now reach (a shared Dense's weight is copied per call in ONNX), and
+TensorFlow's graph optimiser folds others into a convolution during conversion. tf2onnx names
+nodes by TensorFlow name scope, the Keras layer name plus a suffix that keeps scopes unique
+(``bn`` may become ``bn_1``), which is how an ONNX node is traced to its Keras layer.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 
 import onnx_ir as ir
 
-from bnfold.foldlog import FoldEntry
+from bnfold.foldlog import AFFINE, FoldEntry, Outcome, count_entries
 from bnfold.frontends.base import FoldOutcome
 
 
-def _onnx_entries_of_layer(layer: str, entries: list[FoldEntry]) -> list[FoldEntry]:
-    """The ONNX-pass entries whose node names come from Keras layer ``layer``.
+def _scope_patterns(path: str) -> list[re.Pattern[str]]:
+    layer = re.escape(path.rsplit("/", 1)[-1])
+    return [re.compile(rf"(^|/){layer}_\d+(/|$)"), re.compile(rf"(^|/){layer}(/|$)")]
 
-    tf2onnx names nodes by TensorFlow name scope, which is the layer name plus a suffix that
-    keeps scopes unique (``batch_normalization_1`` may become ``batch_normalization_1_2``), so
-    the suffixed form is tried first and the bare name only when it finds nothing.
-    """
-    for pattern in (rf"(^|/){re.escape(layer)}_\d+(/|$)", rf"(^|/){re.escape(layer)}(/|$)"):
-        matches = [entry for entry in entries if re.search(pattern, entry.name)]
-        if matches:
-            return matches
+
+def _matches(path: str, names: list[str]) -> list[int]:
+    """Indices of ``names`` in layer ``path``'s scope: the suffixed scope when it matches
+    anything, else the bare name."""
+    for pattern in _scope_patterns(path):
+        found = [index for index, name in enumerate(names) if pattern.search(name)]
+        if found:
+            return found
     return []
 
 
+def _converted(entry: FoldEntry) -> FoldEntry:
+    entry.outcome, entry.reason, entry.target, entry.via = (
+        Outcome.REMOVED_BY_CONVERTER,
+        None,
+        [],
+        [],
+    )
+    entry.detail = f"the Keras pass had left it: {entry.detail}"
+    return entry
+
+
 def merge_stage_logs(
-    keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry]
+    keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry], node_names: list[str]
 ) -> list[FoldEntry]:
-    """One entry per BN: a BN the Keras pass left that the ONNX pass then folded is reported
-    as folded under its Keras name; a BN left by both is reported once, by the Keras pass."""
+    """One entry per Keras BN, true of the ONNX graph: a BN the Keras pass left is folded if
+    the ONNX pass folded what tf2onnx wrote for it, removed by the converter if nothing of it
+    is left in the graph, else left as the Keras pass said. ONNX affines that belong to no
+    Keras BN (a conv bias ``Add``, a custom layer's constant ``Mul``) are listed apart, and
+    only when folded."""
     merged = list(keras_entries)
-    onnx_rest = list(onnx_entries)
+    rest = list(onnx_entries)
     for index, entry in enumerate(merged):
         if entry.folded:
             continue
-        matches = _onnx_entries_of_layer(entry.name, onnx_rest)
-        for other in matches:
-            onnx_rest.remove(other)
-        folded = next((other for other in matches if other.folded), None)
+        mine = [rest[i] for i in _matches(entry.name, [e.name for e in rest])]
+        for other in mine:
+            rest.remove(other)
+        folded = next((other for other in mine if other.folded), None)
         if folded is not None:
-            folded.name = entry.name
+            folded.name, folded.kind = entry.name, entry.kind
             merged[index] = folded
-    return merged + onnx_rest
+        elif not mine and not _matches(entry.name, node_names):
+            merged[index] = _converted(entry)
+    for other in rest:
+        other.kind = AFFINE
+    return merged + [other for other in rest if other.folded]
 
 
 def converted_outcome(outcome: FoldOutcome, onnx_model: ir.Model) -> FoldOutcome:
-    """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs."""
-    from bnfold.fold import fold_model
+    """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs; the model's
+    ``bnfold`` metadata then counts the merged log."""
+    from bnfold.fold import METADATA_KEY, fold_model
     from bnfold.frontends.onnx import infer_shapes
 
     result = fold_model(infer_shapes(onnx_model))
-    return FoldOutcome(result.model, merge_stage_logs(outcome.entries, result.entries))
+    names = [node.name or "" for node in result.model.graph.all_nodes()]
+    entries = merge_stage_logs(outcome.entries, result.entries, names)
+    counts = count_entries(entries)
+    if any(entry.folded for entry in entries):
+        result.model.metadata_props[METADATA_KEY] = json.dumps(
+            {key: value for key, value in counts.items() if key != "left_by_reason"},
+            sort_keys=True,
+        )
+    return FoldOutcome(result.model, entries)
