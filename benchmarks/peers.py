@@ -7,8 +7,8 @@ randomised) and a Keras MLP converted with bnfold's own tf2onnx path; PyTorch-st
 (BatchNormalization after Conv, ConvTranspose and Gemm) and a PyTorch-style MLP built with
 onnx.helper.
 
-Tools: bnfold; onnxruntime's optimiser at the basic level (its saved model); onnxoptimizer's
-``fuse_bn_into_conv``; onnxsim; onnxscript's optimizer. Each tool gets the same original.
+Tools (benchmarks/peer_tools.py): bnfold; onnxruntime's optimiser at the basic level (its
+saved model); onnxoptimizer's ``fuse_bn_into_conv``; onnxsim; onnxslim; onnxscript's optimizer. Each tool gets the same original.
 
 Per model and tool: BN/affine nodes left, max relative error against the original (both run
 with ORT_DISABLE_ALL on the same seeded inputs), and the median latency as a ratio to the
@@ -40,10 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from peer_tools import PEER_PACKAGES, TOOLS
 
-import bnfold
 from bnfold.check.equivalence import make_session, random_inputs, run_model
 from bnfold.check.latency import (
     benchmark_shapes,
@@ -233,55 +232,6 @@ CASES = [
 
 
 # --------------------------------------------------------------------------- tools
-
-
-def run_bnfold(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    # Through a file, like `bnfold model.onnx -o out.onnx`: loading a file infers shapes,
-    # which prove channel axes through MatMul (an in-memory proto is folded as given).
-    path = folder / "bnfold_input.onnx"
-    onnx.save(proto, path)
-    result = bnfold.fold(path, check=None)
-    assert result.model is not None
-    return ir.serde.serialize_model(result.model)
-
-
-def run_ort_basic(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(folder / "ort_basic.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return onnx.load(str(folder / "ort_basic.onnx"))
-
-
-def run_onnxoptimizer(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(proto, ["fuse_bn_into_conv"])
-
-
-def run_onnxsim(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(proto)
-    if not ok:
-        raise RuntimeError("onnxsim's own check failed")
-    return simplified
-
-
-def run_onnxscript(proto: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    import onnxscript.optimizer
-
-    return onnxscript.optimizer.optimize(proto)
-
-
-TOOLS: dict[str, Callable[[onnx.ModelProto, Path], onnx.ModelProto]] = {
-    "bnfold": run_bnfold,
-    "ORT basic": run_ort_basic,
-    "onnxoptimizer": run_onnxoptimizer,
-    "onnxsim": run_onnxsim,
-    "onnxscript": run_onnxscript,
-}
 
 
 def bn_free(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -477,7 +427,7 @@ def summary(results: list[tuple[ModelCase, list[Row]]]) -> str:
 
 def versions() -> str:
     parts = [f"{name} {version}" for name, version in machine_info().versions.items()]
-    for package in ("onnxoptimizer", "onnxsim", "onnxscript", "tensorflow", "keras", "tf2onnx"):
+    for package in (*PEER_PACKAGES, "tensorflow", "keras", "tf2onnx"):
         try:
             parts.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
