@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bnfold.rules.base import Rule
+from bnfold.rules.base import BackwardRule, Rule
+from bnfold.rules.concat import ConcatThenAffine
 from bnfold.rules.conv import ConvThenAffine
 from bnfold.rules.conv_transpose import ConvTransposeThenAffine
 from bnfold.rules.forward import AffineThenLinear
@@ -12,12 +13,15 @@ from bnfold.rules.forward_matmul import AffineThenMatMul
 from bnfold.rules.gemm import GemmThenAffine
 from bnfold.rules.matmul import MatMulThenAffine
 
-BACKWARD_RULES: tuple[Rule, ...] = (
+LAYER_RULES: tuple[BackwardRule, ...] = (
     ConvThenAffine(),
     ConvTransposeThenAffine(),
     GemmThenAffine(),
     MatMulThenAffine(),
 )
+
+# Concat splits the affine over its inputs, each folded by the rule of its layer.
+BACKWARD_RULES: tuple[Rule, ...] = (*LAYER_RULES, ConcatThenAffine(LAYER_RULES))
 
 # One forward rule: a BN read by several layers folds into all of them or none, whatever
 # their kinds, so the per-layer targets sit under one walk.

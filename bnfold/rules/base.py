@@ -7,6 +7,7 @@ they touch the graph, so a declined fold leaves the graph as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,11 @@ class Folded:
     outcome: Outcome
     target: list[str]
     via: list[str] = field(default_factory=list)
+
+
+Writer = Callable[[FoldContext], None]
+"""Writes arrays already computed into the graph: cannot fail, so several can be applied
+together once every one of them has been computed (all or none)."""
 
 
 class Rule(Protocol):
@@ -98,11 +104,20 @@ class BackwardRule:
     def describe(self, node: ir.Node) -> LinearLayer | Skip:
         raise NotImplementedError
 
+    def prepare(self, layer: LinearLayer, affine: ScaleShift) -> Writer | None:
+        """Compute the new weights now (may raise FoldArithmeticError) and return what writes
+        them; ``None`` for a layer that needs the chain's place to write (MatMul's shift
+        ``Add``), which therefore cannot take one part of a split affine."""
+        return None
+
     def rewrite(
         self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
     ) -> None:
         """Compute the new weights (may raise FoldArithmeticError), then write them."""
-        raise NotImplementedError
+        writer = self.prepare(layer, affine)
+        if writer is None:
+            raise NotImplementedError(f"{type(self).__name__} writes neither prepare nor rewrite")
+        writer(context)
 
     def fold(self, context: FoldContext, chain: AffineChain) -> Folded | Skip | None:
         walked = walk_back(chain)
@@ -113,7 +128,7 @@ class BackwardRule:
             return None
         if not self.applies_to(chain):
             return None
-        if path_skip := exclusive_path_skip(chain, producer, layout_nodes):
+        if path_skip := exclusive_path_skip(chain.ops[0].node, producer, layout_nodes):
             return path_skip
         layer = self.describe(producer)
         if isinstance(layer, Skip):
@@ -166,7 +181,11 @@ class BackwardRule:
 def walk_back(chain: AffineChain) -> tuple[ir.Node, list[ir.Node]] | Skip:
     """The node that produces the chain's input, looking through layout ops and the ops an
     affine commutes with (bnfold/rules/commuting.py); returns it and those ops in data order."""
-    value = chain.input
+    return walk_back_from(chain.input)
+
+
+def walk_back_from(value: ir.Value) -> tuple[ir.Node, list[ir.Node]] | Skip:
+    """``walk_back`` from any value (one input of a Concat, say)."""
     layout_nodes: list[ir.Node] = []
     while True:
         producer = value.producer()
@@ -180,11 +199,11 @@ def walk_back(chain: AffineChain) -> tuple[ir.Node, list[ir.Node]] | Skip:
 
 
 def exclusive_path_skip(
-    chain: AffineChain, producer: ir.Node, layout_nodes: list[ir.Node]
+    reader: ir.Node, producer: ir.Node, layout_nodes: list[ir.Node]
 ) -> Skip | None:
-    """Every value from the linear layer to the chain must be read by the next step alone and
-    be no graph output, or folding would change what other readers see."""
-    readers = [*layout_nodes, chain.ops[0].node]
+    """Every value from the linear layer to ``reader`` (the chain's first node) must be read by
+    the next step alone and be no graph output, or folding would change what others see."""
+    readers = [*layout_nodes, reader]
     values = [producer.outputs[0], *(node.outputs[0] for node in layout_nodes)]
     for node in layout_nodes:  # MaxPool's Indices, Dropout's mask: see the scaled data too
         for extra in node.outputs[1:]:

@@ -20,8 +20,9 @@ operation that commutes with ``s*x + t``:
 
 The channel axis must be one the op keeps element for element (``mixed`` axes are those it
 pools, reduces, resizes, slices or gathers along); the fold proves that from the channel map
-(forward) or the channel axis (backward). Concat (forward only) passes the affine on its own
-input and identity on the others; Split passes it to every output.
+(forward) or the channel axis (backward). Forward, Concat passes the affine on its own input
+and identity on the others; Split passes it to every output. Backward, Concat splits the
+affine over its inputs (bnfold/rules/concat.py).
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ COMMUTING: dict[str, Callable[[ir.Node, int], Passage | Skip]] = {
     "Concat": _concat,
 }
 
-# Backward, the walk climbs from the BN to ONE layer: Concat (several inputs) and Split
-# (several outputs, which would all change) are forward only.
+# Backward, the walk climbs from the BN to ONE layer: Concat (several inputs, each with its
+# own layer: rules/concat.py) ends the walk, and Split (several outputs, which would all
+# change) is forward only.
 BACKWARD_COMMUTING = frozenset(COMMUTING) - {"Concat", "Split"}
 
 

@@ -9,11 +9,10 @@ import onnx_ir as ir
 
 from bnfold.affine import ScaleShift, fold_after
 from bnfold.foldlog import Skip
-from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
-    FoldContext,
     LinearLayer,
+    Writer,
     cast_like,
     group_skip,
     weight_and_bias,
@@ -33,10 +32,8 @@ class ConvThenAffine(BackwardRule):
             return bad_group
         return LinearLayer(node, weight, bias, weight.shape[0], 1, weight.ndim)
 
-    def rewrite(
-        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
-    ) -> None:
+    def prepare(self, layer: LinearLayer, affine: ScaleShift) -> Writer:
         weight, bias = fold_after(layer.weight, layer.bias, affine, output_axis=0)
         new_weight = cast_like(weight, layer.weight)
         new_bias = cast_like(bias, layer.weight)
-        write_weight_and_bias(context, layer.node, new_weight, new_bias)
+        return lambda context: write_weight_and_bias(context, layer.node, new_weight, new_bias)

@@ -11,11 +11,10 @@ import onnx_ir as ir
 from bnfold.affine import ScaleShift, as_float64_vector, grouped_transpose_scale
 from bnfold.foldlog import Skip
 from bnfold.graph import int_attr
-from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
-    FoldContext,
     LinearLayer,
+    Writer,
     cast_like,
     group_skip,
     weight_and_bias,
@@ -36,11 +35,10 @@ class ConvTransposeThenAffine(BackwardRule):
         channels = weight.shape[1] * int_attr(node, "group", 1)
         return LinearLayer(node, weight, bias, channels, 1, weight.ndim)
 
-    def rewrite(
-        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
-    ) -> None:
+    def prepare(self, layer: LinearLayer, affine: ScaleShift) -> Writer:
         groups = int_attr(layer.node, "group", 1)
         weight = grouped_transpose_scale(layer.weight, affine.scale, groups)
         bias = np.zeros(layer.channels) if layer.bias is None else as_float64_vector(layer.bias)
         new_bias = cast_like(affine.scale * bias + affine.shift, layer.weight)
-        write_weight_and_bias(context, layer.node, cast_like(weight, layer.weight), new_bias)
+        new_weight = cast_like(weight, layer.weight)
+        return lambda context: write_weight_and_bias(context, layer.node, new_weight, new_bias)

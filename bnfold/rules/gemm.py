@@ -14,11 +14,11 @@ import onnx_ir as ir
 from bnfold.affine import ScaleShift, along_axis
 from bnfold.foldlog import Reason, Skip
 from bnfold.graph import float_attr, int_attr, node_label, set_constant_input
-from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import (
     BackwardRule,
     FoldContext,
     LinearLayer,
+    Writer,
     cast_like,
     weight_and_bias,
 )
@@ -37,9 +37,7 @@ class GemmThenAffine(BackwardRule):
         channels = weight.shape[0] if int_attr(node, "transB", 0) else weight.shape[1]
         return LinearLayer(node, weight, bias, channels, 1, 2)
 
-    def rewrite(
-        self, context: FoldContext, layer: LinearLayer, affine: ScaleShift, chain: AffineChain
-    ) -> None:
+    def prepare(self, layer: LinearLayer, affine: ScaleShift) -> Writer:
         node = layer.node
         n_axis = 0 if int_attr(node, "transB", 0) else 1
         weight = np.asarray(layer.weight, dtype=np.float64)
@@ -50,9 +48,12 @@ class GemmThenAffine(BackwardRule):
             scaled = float_attr(node, "beta", 1.0) * np.asarray(layer.bias, dtype=np.float64)
             new_bias = affine.scale * scaled + affine.shift  # C broadcasts over [M, N]
         new_bias_cast = cast_like(new_bias, layer.weight)
-        label = node_label(node)
-        set_constant_input(context.graph, node, 1, new_weight, context.names, f"{label}_B_bnfold")
-        set_constant_input(
-            context.graph, node, 2, new_bias_cast, context.names, f"{label}_C_bnfold"
-        )
-        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+
+        def write(context: FoldContext) -> None:
+            label = node_label(node)
+            names = context.names
+            set_constant_input(context.graph, node, 1, new_weight, names, f"{label}_B_bnfold")
+            set_constant_input(context.graph, node, 2, new_bias_cast, names, f"{label}_C_bnfold")
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+
+        return write
