@@ -110,6 +110,13 @@ class _Reference:
         from bnfold.check.equivalence import float64_outputs
 
         self.settings = _gated(settings, frontend, model)
+        dtype = frontend.compute_dtype(model)
+        # Say which dtype set a gate the user did not give (a mixed-precision model's).
+        self.gate_note = (
+            f"gate of {dtype}: the model computes in {dtype}"
+            if dtype is not None and self.settings != settings
+            else ""
+        )
         self.specs = frontend.input_specs(model)
         self.feed_sets, self.description, self.expected = _run_original(
             frontend, model, self.specs, self.settings
@@ -120,7 +127,9 @@ class _Reference:
         from bnfold.check.equivalence import compare_runs
 
         actual = [run(feeds) for feeds in self.feed_sets]
-        return compare_runs(self.expected, actual, self.settings, self.description, self.float64)
+        result = compare_runs(self.expected, actual, self.settings, self.description, self.float64)
+        result.gate_note = self.gate_note
+        return result
 
 
 def _run_original(

@@ -43,6 +43,7 @@ class CheckResult:
     inputs: str = ""
     samples: int = 1
     float64_note: str = ""  # why the float64 columns are empty, or how they were made
+    gate_note: str = ""  # which dtype set the default gate, when not the outputs' own
 
     @property
     def passed(self) -> bool:
@@ -64,6 +65,7 @@ class CheckResult:
             "max_rel": self.max_rel,
             "samples": self.samples,
             "float64_note": self.float64_note,
+            "gate_note": self.gate_note,
             "outputs": [asdict(output) for output in self.outputs],
         }
 

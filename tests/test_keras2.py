@@ -274,6 +274,7 @@ def test_mixed_float16_folds_within_the_float16_gate(
     assert result.check is not None and result.check.passed
     assert folded_count(result) == (1, 0)
     assert all(comparison.rtol >= 1e-3 for comparison in result.check.outputs)  # float16's gate
+    assert result.check.gate_note == "gate of float16: the model computes in float16"
     expected = frontend.predict_keras(model, image_feeds())["head"]
     if suffix == ".onnx":
         (actual,) = onnx_outputs(output, image_feeds())

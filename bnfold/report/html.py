@@ -211,6 +211,8 @@ def _check(check: dict[str, Any]) -> list[str]:
         f'<p class="note">On {_h(check["inputs"])}{samples}.</p>',
         _table([*header, "top-1", "gate"], rows, text_columns=(0, 6)),
     ]
+    if check.get("gate_note"):
+        parts.append(f'<p class="note">{_h(check["gate_note"])}</p>')
     if check.get("float64_note"):
         parts.append(f'<p class="note">{_h(check["float64_note"])}</p>')
     return parts

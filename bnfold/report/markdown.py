@@ -68,6 +68,8 @@ def _check(check: dict[str, Any]) -> list[str]:
             f"{g(output.get('candidate_vs_float64'))} | "
             f"{percent(output.get('top1_agreement'))} | {_md(verdict)} |"
         )
+    if check.get("gate_note"):
+        lines += ["", f"_{_md(check['gate_note'])}_"]
     if check.get("float64_note"):
         lines += ["", f"_{_md(check['float64_note'])}_"]
     return [*lines, ""]

@@ -80,6 +80,8 @@ def format_check(check: dict[str, Any]) -> str:
             f"  {output['name']:<{width}}  {g(output['max_abs']):>10}  {g(output['max_rel']):>10}"
             f"  {g(output['mean_abs']):>10}{columns}  {gate(output)}{detail}"
         )
+    if check.get("gate_note"):
+        lines.append(f"  {check['gate_note']}")
     if check.get("samples", 1) > 1:
         lines.append(f"  over {check['samples']} input samples")
     if has_float64:
