@@ -11,7 +11,7 @@ same ModelProto (initializers in their order, after the other graph fields).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import BinaryIO
 
 import onnx
@@ -56,15 +56,19 @@ def _streamable(tensor: ir.TensorProtocol | None) -> bool:
 
 
 @contextlib.contextmanager
-def _placeholders(graph: ir.Graph) -> Iterator[dict[str, ir.TensorProtocol]]:
-    """Swap each large initializer's tensor for a data-less stand-in (an ``ExternalTensor``,
-    whose proto is a header) while the graph is serialised; the tensors are put back after."""
+def _placeholders(
+    graph: ir.Graph, names: Collection[str] | None = None
+) -> Iterator[dict[str, ir.TensorProtocol]]:
+    """Swap each large initializer's tensor (or each one of ``names``) for a data-less
+    stand-in (an ``ExternalTensor``, whose proto is a header) while the graph is serialised;
+    the tensors are put back after."""
     swapped: dict[str, ir.TensorProtocol] = {}
     values = dict(graph.initializers.items())
     try:
         for name, value in values.items():
             tensor = value.const_value
-            if tensor is None or not _streamable(tensor):
+            chosen = _streamable(tensor) if names is None else name in names
+            if tensor is None or not chosen:
                 continue
             swapped[name] = tensor
             value.const_value = ir.ExternalTensor(
@@ -148,3 +152,21 @@ def write_model(model: ir.Model, file: BinaryIO) -> None:
     """Write the serialised model to an open binary file."""
     for chunk in model_chunks(model):
         file.write(chunk)
+
+
+def weightless_proto(model: ir.Model, names: Collection[str]) -> onnx.ModelProto:
+    """``model`` with the main graph's initializers ``names`` turned into graph inputs of
+    their type and shape: a skeleton onnxruntime parses in milliseconds, fed the weights
+    as inputs from their arrays, so neither a serialised copy nor onnxruntime's own copy
+    of them is ever made."""
+    with _placeholders(model.graph, names):
+        proto = ir.serde.serialize_model(model)
+    kept = [tensor for tensor in proto.graph.initializer if tensor.name not in names]
+    moved = [tensor for tensor in proto.graph.initializer if tensor.name in names]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    proto.graph.input.extend(
+        onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+        for tensor in moved
+    )
+    return proto

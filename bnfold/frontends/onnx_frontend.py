@@ -2,9 +2,9 @@
 behind the one interface of ``bnfold.frontends.base.Frontend``.
 
 The model folds in place, so the front end remembers which models it loaded and has not
-changed since: such a model runs from its file (onnxruntime reads it, nothing is serialised),
-is reported by its path when onnxruntime cannot run it (a user's model, not a bug of
-bnfold's), and is copied byte for byte when written unchanged.
+changed since: such a model is reported by its path when onnxruntime cannot run it (a user's
+model, not a bug of bnfold's), and is copied byte for byte when written unchanged. Every
+model runs as a weight-free skeleton fed its weights from memory (``model_session``).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ class OnnxFrontend:
         original = self._original(model)
         if original is None:
             return run_model(model, feeds)
-        source: ModelSource = original.path if original.path is not None else model
-        return run_model(source, feeds, label=original.label, hint=NO_CHECK_HINT)
+        # The loaded model, not its file: its weights are in memory already and reach
+        # onnxruntime without a copy, where the file would be read and copied once more.
+        return run_model(model, feeds, label=original.label, hint=NO_CHECK_HINT)
 
     def fold(self, model: ir.Model) -> FoldOutcome:
         folded = fold_model(model)
@@ -132,6 +133,9 @@ class OnnxFrontend:
 
     def compute_dtype(self, model: ir.Model) -> str | None:
         return None
+
+    def describe(self, model: ir.Model) -> str:
+        return ""  # the log names the file; nothing about how it was read needs saying
 
 
 def _copy_atomically(source: Path, path: Path) -> None:
