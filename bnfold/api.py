@@ -229,6 +229,7 @@ class _Run:
             started = _stage(seconds, "convert", started)
             outcome = converted
         result = FoldResult(outcome.model, outcome.entries, seconds=seconds)
+        result.loaded_with = frontend.describe(original)
         if reference is not None:
             result.check = reference.compare(lambda feeds: writer.run(outcome.model, feeds))
             started = _stage(seconds, "check", started)

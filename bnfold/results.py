@@ -212,7 +212,8 @@ class FoldResult(FoldLog):
     model when a Keras input was folded to Keras output. ``entries`` is the fold log (one
     entry per BN, other constant affines apart), ``check`` the equivalence check (``None``
     without it), ``seconds`` the wall-clock time per stage, ``output`` the path written.
-    ``sizes`` and ``latency`` are filled when asked for (reports, ``--bench``).
+    ``sizes`` and ``latency`` are filled when asked for (reports, ``--bench``); ``loaded_with``
+    says how the input was read when that matters (a Keras 2 file read with tf_keras).
     """
 
     model: Any
@@ -222,6 +223,7 @@ class FoldResult(FoldLog):
     output: str | None = None
     sizes: SizeComparison | None = None
     latency: LatencyResult | None = None
+    loaded_with: str = ""  # how the front end read the input ("Keras 2 .h5, ... tf_keras")
 
 
 @dataclass

@@ -69,6 +69,11 @@ class Frontend(Protocol):
         """Write atomically; errors are ``OutputError``."""
         ...
 
+    def describe(self, model: Any) -> str:
+        """How the model was read, when the log should say it (a Keras 2 file loaded with
+        tf_keras); "" when there is nothing to say."""
+        ...
+
     def compute_dtype(self, model: Any) -> str | None:
         """The float dtype the model computes in when it differs from its outputs' dtype
         (a Keras ``mixed_float16`` model: "float16"), which then sets the check's default

@@ -35,6 +35,7 @@ def result_document(
         "bnfold_version": __version__,
         "command": command,
         "input": source,
+        "loaded_with": result.loaded_with if result is not None else "",
         "candidate": candidate,
         "output": result.output if result is not None else None,
         "counts": result.counts() if result is not None else None,

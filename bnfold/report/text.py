@@ -130,6 +130,8 @@ def render_text(document: Document) -> str:
     """Whatever the document holds, in this order: fold log, check, sizes, latency, the file
     written."""
     parts = []
+    if document.get("loaded_with"):
+        parts.append(f"Read {document['loaded_with']}")
     if document.get("counts") is not None:
         parts.append(format_log(document))
     if document.get("check") is not None:

@@ -72,7 +72,9 @@ class KerasFrontend:
     def describe(self, model: Any) -> str:
         """Which Keras read the model, for the log: "Keras 2 .h5, written by Keras 2.21.0,
         loaded with tf_keras 2.21.0"."""
-        return describe_keras_model(model)
+        text = describe_keras_model(model)
+        # Keras 3 is what a reader expects; a Keras 2 file or a SavedModel is worth a line.
+        return "" if text.startswith("Keras 3") else text
 
 
 __all__ = [

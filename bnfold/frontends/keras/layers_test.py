@@ -39,7 +39,8 @@ def run(graph: ir.Graph, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"x": x})[0])
 
 
-CASES = {
+Shape = tuple[int | None, ...]
+CASES: dict[str, tuple[dict[str, Any], list[Shape], Shape, Shape]] = {
     # class name: (config, weight shapes, input shape, output shape)
     "Dense": ({}, [(4, 3), (3,)], (None, 4), (None, 3)),
     "Conv2D": (
