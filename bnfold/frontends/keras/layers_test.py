@@ -40,7 +40,7 @@ def run(graph: ir.Graph, x: np.ndarray) -> np.ndarray:
 
 
 Shape = tuple[int | None, ...]
-CASES: dict[str, tuple[dict[str, Any], list[Shape], Shape, Shape]] = {
+CASES: dict[str, tuple[dict[str, Any], list[tuple[int, ...]], Shape, Shape]] = {
     # class name: (config, weight shapes, input shape, output shape)
     "Dense": ({}, [(4, 3), (3,)], (None, 4), (None, 3)),
     "Conv2D": (
