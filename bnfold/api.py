@@ -11,6 +11,7 @@ record (check, timings, sizes, latency, output path) is the pipeline's ``FoldRes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -165,6 +166,20 @@ def _run_original(
     ) from failure
 
 
+def _sizes_for_proofs(
+    frontend: Frontend, model: Any, reference: _Reference | None
+) -> contextlib.AbstractContextManager[None]:
+    """While an ONNX model folds, its values have the static shapes of the check's first input
+    set (``--dim``, ``--inputs``, the fallback sizes): layouts through Reshape become provable
+    there, and the check confirms the fold at those sizes. The model keeps its dynamic dims."""
+    if reference is None or frontend.name != "onnx" or not reference.feed_sets:
+        return contextlib.nullcontext()
+    from bnfold.frontends.onnx_sizes import sized_shapes
+
+    first = reference.feed_sets[0]
+    return sized_shapes(model, {name: array.shape for name, array in first.items()})
+
+
 def _stage(seconds: dict[str, float], name: str, started: float) -> float:
     now = time.perf_counter()
     seconds[name] = seconds.get(name, 0.0) + now - started
@@ -221,7 +236,8 @@ class _Run:
         baseline = _unfolded_onnx(frontend, original, self.load) if wants_baseline else None
         reference = _Reference(frontend, original, self.check, baseline) if self.check else None
         started = _stage(seconds, "check", started) if reference else started
-        outcome = frontend.fold(original)
+        with _sizes_for_proofs(frontend, original, reference):
+            outcome = frontend.fold(original)
         started = _stage(seconds, "fold", started)
         writer = _writer(frontend, self.output)
         if writer is not frontend:
