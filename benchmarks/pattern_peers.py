@@ -136,6 +136,22 @@ def layernorm_style_matmul(rng: np.random.Generator) -> Pattern:
     return Pattern("dynamic-height Mul/Add -> MatMul", model, {"N": 2, "?": 5})
 
 
+def reshape_of_dynamic_height(rng: np.random.Generator) -> Pattern:
+    """Conv -> Reshape [N, C, H, 4] to [N, C, H*4] -> BN: proven only at known sizes."""
+    inits = {
+        "w": rng.normal(size=(C, 3, 1, 1)).astype(np.float32),
+        "to": np.array([0, 0, -1], np.int64),
+        **batchnorm_params(rng, C),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "to"], ["flat"]),
+        batchnorm_node("flat", "y"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["N", 3, "H", 4])], ["y"], inits)
+    return Pattern("Conv -> Reshape (dynamic H) -> BN", model, {"N": 2, "H": 5})
+
+
 def one_channel_bn(rng: np.random.Generator, op: str) -> Pattern:
     """Linear -> BatchNorm1d(1): a scalar scale and shift."""
     params = batchnorm_params(rng, 1)
@@ -231,6 +247,7 @@ PATTERNS: list[Callable[[np.random.Generator], Pattern]] = [
     unsqueeze_mul_add,
     expand_castlike_bias,
     layernorm_style_matmul,
+    reshape_of_dynamic_height,
     lambda rng: one_channel_bn(rng, "MatMul"),
     lambda rng: one_channel_bn(rng, "Gemm"),
     pitch_tracker_head,
