@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.check.equivalence import ModelSource, run_model
+from bnfold.check.isolation import needs_isolation, run_isolated
 from bnfold.errors import InputError, OutputError
 from bnfold.fold import fold_model
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
@@ -89,6 +90,9 @@ class OnnxFrontend:
         """A model as loaded runs from its file where it has one, and a failure is the user's
         (``InputError`` naming it); a folded model's failure is a bug and propagates."""
         original = self._original(model)
+        if needs_isolation(model):  # onnxruntime may crash on it: never in this process
+            label = original.label if original is not None else "the folded model"
+            return run_isolated(model, feeds, label)
         if original is None:
             return run_model(model, feeds)
         # The loaded model, not its file: its weights are in memory already and reach
