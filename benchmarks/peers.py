@@ -53,6 +53,7 @@ from bnfold.comparison import relative_error
 from bnfold.frontends.onnx import input_specs
 from bnfold.graph import bypass, iter_graphs
 from bnfold.rules.affines import find_affine_chains
+from bnfold.settings import BenchSettings
 from bnfold.sizes import model_sizes
 
 IR_VERSION = 8
@@ -322,6 +323,7 @@ def measure_case(case: ModelCase, runs: int, warmup: int, log: Callable[[str], N
     # Each variant against the original, interleaved A B A B with bnfold's own benchmark: two
     # models at a time keep the caches as warm as a deployment of one model would.
     baseline = original.SerializeToString()
+    settings = BenchSettings(runs=runs, warmup=warmup, threads=1)
     for level in LEVELS:
         originals = []
         for name, proto in variants.items():
@@ -332,9 +334,7 @@ def measure_case(case: ModelCase, runs: int, warmup: int, log: Callable[[str], N
                 proto.SerializeToString(),
                 feeds,
                 level=level,
-                threads=1,
-                warmup=warmup,
-                runs=runs,
+                settings=settings,
             )
             rows[name].p50[level] = measured.candidate.p50
             rows[name].vs_original[level] = paired_ratio(
