@@ -61,7 +61,7 @@ def run_isolated(
     with tempfile.TemporaryDirectory(prefix="bnfold-isolated-") as scratch:
         folder = Path(scratch)
         ir.save(model, folder / "model.onnx")
-        np.savez(folder / "inputs.npz", **dict(feeds))
+        _save_arrays(folder / "inputs.npz", dict(feeds))
         done = subprocess.run(_child_command(folder), capture_output=True, text=True, check=False)
         if done.returncode < 0:
             raise InputError(_crash_message(done.returncode, label))
@@ -70,6 +70,11 @@ def run_isolated(
             raise InputError(f"onnxruntime cannot run {label}: {last}")
         with np.load(folder / "outputs.npz") as outputs:
             return {name: np.asarray(outputs[name]) for name in outputs.files}
+
+
+def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
+    # Typed as Any values: numpy's stubs would read **NDArray as its allow_pickle flag.
+    np.savez(path, **arrays)
 
 
 def _child(folder: Path) -> None:
@@ -86,7 +91,7 @@ def _child(folder: Path) -> None:
         feeds = {name: inputs[name] for name in inputs.files}
     names = [output.name for output in session.get_outputs()]
     values = session.run(names, feeds)
-    np.savez(folder / "outputs.npz", **dict(zip(names, values, strict=True)))
+    _save_arrays(folder / "outputs.npz", dict(zip(names, values, strict=True)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import onnx_ir as ir
 from bnfold.errors import InputError
 from bnfold.fold import fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
-from bnfold.frontends.keras import layers as described
+from bnfold.frontends.keras.emit import LINEAR_LAYERS
 from bnfold.frontends.keras.lowering import (
     BATCHNORM,
     LayerRecord,
@@ -27,6 +27,7 @@ from bnfold.frontends.keras.lowering import (
     is_model,
     lower_model,
 )
+from bnfold.frontends.keras.read_back import read_back
 from bnfold.frontends.keras.runtime import first_line
 from bnfold.frontends.keras.wiring import ModelGraph, mutable_copy
 
@@ -47,7 +48,7 @@ def _keras_paths(lowered: Lowered, labels: list[str], linear_only: bool) -> list
         record = lowered.record_of_node(label)
         if record is None:
             continue
-        if linear_only and record.class_name not in described.LINEAR_LAYERS:
+        if linear_only and record.class_name not in LINEAR_LAYERS:
             continue
         if record.path not in paths and not (
             not linear_only and label.endswith(("/nchw", "/nhwc"))
@@ -163,13 +164,13 @@ def _rewrites(lowered: Lowered) -> _Rewrites:
     for record in lowered.records.values():
         if record.is_batchnorm and "" in record.nodes and record.nodes[""].graph is None:
             changes.dropped.append(record)
-        if record.class_name not in described.LINEAR_LAYERS or record.calls != 1:
+        if record.class_name not in LINEAR_LAYERS or record.calls != 1:
             continue
         if "" not in record.nodes or not record.rewritten():
             continue
         source = getattr(record.layer, "layer", record.layer)
         before = [np.asarray(w) for w in source.get_weights()]
-        after, has_bias = described.read_back(record.class_name, record.nodes, before)
+        after, has_bias = read_back(record.class_name, record.nodes, before)
         unchanged = len(after) == len(before) and all(
             a.shape == b.shape and np.array_equal(a, b) for a, b in zip(after, before, strict=True)
         )

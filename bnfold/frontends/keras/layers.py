@@ -1,12 +1,12 @@
 """Keras layers described to the fold core as ONNX nodes, and their folded weights read back.
 
-A description is two small functions per layer kind: ``lower`` writes the layer as the
+A description is a small function per layer kind: ``lower_*`` writes the layer as the
 standard ONNX ops whose fold rules already exist (Dense -> Gemm or MatMul+Add, ConvND ->
 Transpose/Conv/Transpose for channels_last, DepthwiseConvND -> grouped Conv, SeparableConvND
 -> depthwise Conv + 1x1 Conv, ConvNDTranspose -> ConvTranspose, BatchNormalization -> Mul/Add
 by per-channel constants, Flatten/Reshape/Permute/Dropout -> layout ops), with the kernel
-moved into the ONNX layout; ``read_back`` moves the (possibly folded) ONNX weights back into
-the Keras layout. Padding, strides, dilation and groups are written as the ONNX attributes
+moved into the ONNX layout; ``read_back.py`` moves the (possibly folded) ONNX weights back
+into the Keras layout, and ``batchnorm.py`` describes the BN itself. Padding, strides, dilation and groups are written as the ONNX attributes
 the rules judge exactness by. A layer kind without a description is an opaque node, which
 no rule folds through. No TensorFlow here: only config dicts and ``get_weights`` arrays.
 """
@@ -14,98 +14,24 @@ no rule folds through. No TensorFlow here: only config dicts and ``get_weights``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnx_ir as ir
 
-from bnfold.affine import ScaleShift, along_axis, batchnorm_scale_shift
-from bnfold.graph import constant_array, sole_consumer
-
-Array = npt.NDArray[Any]
-OPAQUE_DOMAIN = "bnfold.keras"
-IDENTITY_LAYERS = frozenset(
-    {
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Identity",
-    }
+from bnfold.frontends.keras.emit import (
+    CONV_LAYERS,
+    DEPTHWISE_LAYERS,
+    IDENTITY_LAYERS,
+    OPAQUE_DOMAIN,
+    SEPARABLE_LAYERS,
+    TRANSPOSE_LAYERS,
+    Array,
+    Call,
+    Emitter,
+    ir_shape,
 )
-CONV_LAYERS = frozenset({"Conv1D", "Conv2D", "Conv3D"})
-DEPTHWISE_LAYERS = frozenset({"DepthwiseConv1D", "DepthwiseConv2D"})
-SEPARABLE_LAYERS = frozenset({"SeparableConv1D", "SeparableConv2D"})
-TRANSPOSE_LAYERS = frozenset({"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"})
-LINEAR_LAYERS = CONV_LAYERS | DEPTHWISE_LAYERS | SEPARABLE_LAYERS | TRANSPOSE_LAYERS | {"Dense"}
-
-
-class Emitter:
-    """What a description writes with: the graph, a constant maker, the node table."""
-
-    def __init__(self, graph: ir.Graph, path: str, layer: str) -> None:
-        self.graph = graph
-        self.path = path  # unique per call: node and constant names start with it
-        self.layer = layer  # the Keras layer's path, the same for all its calls
-        self.nodes: list[ir.Node] = []
-
-    def constant(self, array: Array, role: str) -> ir.Value:
-        name = f"{self.path}/{role}"
-        value = ir.Value(
-            name=name,
-            shape=ir.Shape(array.shape),
-            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-            const_value=ir.tensor(array, name=name),
-        )
-        self.graph.register_initializer(value)
-        return value
-
-    def node(
-        self,
-        op_type: str,
-        inputs: Sequence[ir.Value | None],
-        role: str,
-        shape: ir.Shape | None,
-        attributes: dict[str, Any] | None = None,
-        domain: str = "",
-    ) -> ir.Value:
-        name = self.path if role == "" else f"{self.path}/{role}"
-        attrs = [ir.convenience.convert_attribute(k, v) for k, v in (attributes or {}).items()]
-        node = ir.Node(domain, op_type, list(inputs), attrs, name=name, num_outputs=1)
-        node.metadata_props["keras_layer"] = self.layer
-        node.metadata_props["keras_role"] = role
-        output = node.outputs[0]
-        output.name = name if role == "" else f"{self.path}/{role}:0"
-        output.shape = shape
-        output.type = ir.TensorType(ir.DataType.FLOAT)
-        self.graph.append(node)
-        self.nodes.append(node)
-        return output
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call of a layer: its config, weights, input values and shapes, output shape."""
-
-    class_name: str
-    config: dict[str, Any]
-    weights: list[Array]
-    inputs: list[ir.Value]
-    input_shape: tuple[int | None, ...] | None
-    output_shape: tuple[int | None, ...] | None
-
-
-def ir_shape(shape: tuple[int | None, ...] | None) -> ir.Shape | None:
-    if shape is None:
-        return None
-    return ir.Shape(["batch" if i == 0 and d is None else d for i, d in enumerate(shape)])
 
 
 def _spatial(value: Any, count: int, default: int = 1) -> list[int]:
@@ -200,10 +126,6 @@ def _bias(call: Call, index: int) -> Array | None:
     return call.weights[index] if call.config.get("use_bias", True) else None
 
 
-def _keras_rank_ok(call: Call) -> bool:
-    return call.input_shape is not None and len(call.input_shape) >= 3
-
-
 # ------------------------------------------------------------------ lowering, per layer kind
 
 
@@ -248,7 +170,7 @@ def _depthwise_weight(kernel: Array) -> Array:
     return np.moveaxis(flat, -1, 0)[:, None]
 
 
-def _depthwise_kernel(weight: Array, like: Array) -> Array:
+def depthwise_kernel(weight: Array, like: Array) -> Array:
     return np.moveaxis(weight[:, 0], 0, -1).reshape(like.shape)
 
 
@@ -312,58 +234,6 @@ def lower_conv_transpose(emit: Emitter, call: Call) -> ir.Value:
     return _with_activation(emit, call, _leave(emit, call, value))
 
 
-def keras_batchnorm_affine(
-    parameters: Mapping[str, npt.ArrayLike | None], epsilon: float
-) -> ScaleShift:
-    """``s = gamma / sqrt(moving_variance + epsilon)``, ``t = beta - s*moving_mean``.
-
-    ``parameters`` holds ``moving_mean`` and ``moving_variance`` and, when the layer has them,
-    ``gamma`` (``scale=True``) and ``beta`` (``center=True``); absent ones are 1 and 0.
-    """
-    mean = np.asarray(parameters["moving_mean"], dtype=np.float64).reshape(-1)
-    variance = parameters["moving_variance"]
-    gamma = parameters.get("gamma")
-    beta = parameters.get("beta")
-    return batchnorm_scale_shift(
-        np.ones_like(mean) if gamma is None else gamma,
-        np.zeros_like(mean) if beta is None else beta,
-        mean,
-        np.asarray(variance),
-        epsilon,
-    )
-
-
-def batchnorm_affine(config: dict[str, Any], weights: list[Array]) -> ScaleShift:
-    """The BN's ``(s, t)`` from its ``get_weights()`` (gamma, beta only when the layer has
-    them, then moving mean and variance). Raises ``FoldArithmeticError`` on invalid values."""
-    names = [
-        name
-        for name, on in (("gamma", config.get("scale", True)), ("beta", config.get("center", True)))
-        if on
-    ]
-    parameters: dict[str, Any] = dict(zip(names, weights[: len(names)], strict=True))
-    parameters["moving_mean"], parameters["moving_variance"] = weights[len(names) :][:2]
-    return keras_batchnorm_affine(parameters, float(config.get("epsilon", 1e-3)))
-
-
-def batchnorm_axis(config: dict[str, Any], rank: int) -> int | None:
-    axes = config.get("axis", -1)
-    axes = list(axes) if isinstance(axes, list | tuple) else [axes]
-    return int(axes[0]) % rank if len(axes) == 1 and rank > 0 else None
-
-
-def lower_batchnorm(emit: Emitter, call: Call, affine: ScaleShift, axis: int) -> ir.Value:
-    """``x * s + t`` with ``s`` and ``t`` shaped to broadcast along ``axis``, kept in float64
-    so that the fold reads the BN's own arithmetic, not a float32 rounding of it."""
-    assert call.input_shape is not None
-    trailing = len(call.input_shape) - 1 - axis
-    shape = ir_shape(call.output_shape)
-    scale = along_axis(affine.scale, 0, trailing + 1)
-    shift = along_axis(affine.shift, 0, trailing + 1)
-    scaled = emit.node("Mul", [call.inputs[0], emit.constant(scale, "scale")], "", shape)
-    return emit.node("Add", [scaled, emit.constant(shift, "shift")], "shift", shape)
-
-
 def lower_layout(emit: Emitter, call: Call) -> ir.Value | None:
     """Flatten, Reshape, Permute and the inference-time identities; ``None`` otherwise."""
     data, shape, name = call.inputs[0], ir_shape(call.output_shape), call.class_name
@@ -386,78 +256,3 @@ LOWERINGS: dict[str, Callable[[Emitter, Call], ir.Value]] = {
     **dict.fromkeys(SEPARABLE_LAYERS, lower_separable),
     **dict.fromkeys(TRANSPOSE_LAYERS, lower_conv_transpose),
 }
-
-
-# ------------------------------------------------------------------ reading folded weights back
-
-
-def _input_constant(node: ir.Node, index: int) -> Array | None:
-    value = node.inputs[index] if index < len(node.inputs) else None
-    array = constant_array(value)
-    return None if array is None else np.asarray(array)
-
-
-def _following_bias(node: ir.Node) -> Array | None:
-    """The constant of the ``Add`` that alone reads ``node``'s output (MatMul's bias)."""
-    reader = sole_consumer(node.outputs[0])
-    if reader is None or reader.op_type != "Add":
-        return None
-    for index in (1, 0):
-        constant = _input_constant(reader, index)
-        if constant is not None and reader.inputs[1 - index] is node.outputs[0]:
-            return constant.reshape(-1)
-    return None
-
-
-def _gemm_weights(node: ir.Node) -> tuple[Array, Array | None]:
-    attrs = {a.name: a.value for a in node.attributes.values()}
-    weight = _input_constant(node, 1)
-    assert weight is not None
-    kernel = weight.T if attrs.get("transB", 0) else weight
-    kernel = kernel * float(attrs.get("alpha", 1.0))
-    bias = _input_constant(node, 2)
-    if bias is not None:
-        bias = np.broadcast_to(bias * float(attrs.get("beta", 1.0)), kernel.shape[1:])
-    return kernel.astype(weight.dtype), None if bias is None else bias.astype(weight.dtype)
-
-
-def read_back(
-    class_name: str, nodes: dict[str, ir.Node], weights: list[Array]
-) -> tuple[list[Array], bool]:
-    """The layer's ``get_weights()`` list from its (folded) ONNX nodes, and whether it now
-    has a bias (a layer without one gains one when a BN shift lands in it)."""
-    main = nodes[""]
-    if class_name == "Dense":
-        if main.op_type == "Gemm":
-            return _assembled(*_gemm_weights(main))
-        kernel = _input_constant(main, 1)
-        assert kernel is not None
-        return _assembled(kernel, _following_bias(main))
-    weight = _input_constant(main, 1)
-    bias = _input_constant(main, 2)
-    assert weight is not None
-    if class_name in DEPTHWISE_LAYERS:
-        return _assembled(_depthwise_kernel(weight, weights[0]), bias)
-    if class_name in SEPARABLE_LAYERS:
-        depthwise_node = nodes["depthwise"]
-        depthwise = _input_constant(depthwise_node, 1)
-        assert depthwise is not None
-        spatial = weight.ndim - 2
-        pointwise = np.transpose(weight, (*range(2, 2 + spatial), 1, 0))
-        shift = _input_constant(depthwise_node, 2)
-        if shift is not None:  # a depthwise bias goes through the 1x1 pointwise kernel
-            through = shift.astype(np.float64) @ pointwise.reshape(-1, pointwise.shape[-1])
-            base = np.zeros(through.shape) if bias is None else bias.astype(np.float64)
-            bias = (base + through).astype(weight.dtype)
-        return _assembled(_depthwise_kernel(depthwise, weights[0]), bias, pointwise)
-    rank = weight.ndim
-    kernel = np.transpose(weight, (*range(2, rank), 1, 0))
-    return _assembled(kernel, bias)
-
-
-def _assembled(kernel: Array, bias: Array | None, *more_kernels: Array) -> tuple[list[Array], bool]:
-    """``get_weights()`` order: the kernel(s), then the bias (in the kernel's dtype)."""
-    kernels = [kernel, *more_kernels]
-    if bias is None:
-        return kernels, False
-    return [*kernels, np.asarray(bias, dtype=kernel.dtype).reshape(-1)], True

@@ -11,8 +11,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from bnfold.frontends.keras import layers as described
-from bnfold.frontends.keras.layers import Call, Emitter, ir_shape
+from bnfold.frontends.keras.batchnorm import batchnorm_affine
+from bnfold.frontends.keras.emit import Call, Emitter, ir_shape
+from bnfold.frontends.keras.layers import LOWERINGS
+from bnfold.frontends.keras.read_back import read_back
 
 
 def lowered(
@@ -22,7 +24,7 @@ def lowered(
     graph = ir.Graph([data], [], nodes=[], opset_imports={"": 17}, name="layer")
     emit = Emitter(graph, "layer", "layer")
     call = Call(class_name, config, weights, [data], shapes[0], shapes[1])
-    graph.outputs.append(described.LOWERINGS[class_name](emit, call))
+    graph.outputs.append(LOWERINGS[class_name](emit, call))
     nodes = {node.metadata_props["keras_role"]: node for node in emit.nodes}
     return graph, nodes
 
@@ -67,7 +69,7 @@ def test_weights_survive_lowering_and_reading_back(
     config, shapes, in_shape, out_shape = CASES[class_name]
     weights = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
     _, nodes = lowered(class_name, config, weights, (in_shape, out_shape))
-    back, has_bias = described.read_back(class_name, nodes, weights)
+    back, has_bias = read_back(class_name, nodes, weights)
     assert has_bias
     assert len(back) == len(weights)
     for got, want in zip(back, weights, strict=True):
@@ -109,7 +111,7 @@ def test_same_padding_is_written_as_the_pads_tensorflow_uses() -> None:
 
 def test_batchnorm_affine_reads_gamma_and_beta_only_when_the_layer_has_them() -> None:
     mean, variance = np.array([1.0, -1.0]), np.array([4.0, 0.25])
-    affine = described.batchnorm_affine(
+    affine = batchnorm_affine(
         {"scale": False, "center": True, "epsilon": 0.0}, [np.array([0.5, 0.5]), mean, variance]
     )
     np.testing.assert_allclose(affine.scale, [0.5, 2.0])

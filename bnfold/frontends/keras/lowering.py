@@ -18,8 +18,9 @@ import onnx_ir as ir
 
 from bnfold.affine import FoldArithmeticError
 from bnfold.foldlog import Reason, Skip
-from bnfold.frontends.keras import layers as described
-from bnfold.frontends.keras.layers import OPAQUE_DOMAIN, Call, Emitter, ir_shape
+from bnfold.frontends.keras import batchnorm
+from bnfold.frontends.keras.emit import OPAQUE_DOMAIN, Call, Emitter, ir_shape
+from bnfold.frontends.keras.layers import LOWERINGS, lower_layout
 
 BATCHNORM = "BatchNormalization"
 OPSET = 17
@@ -205,18 +206,18 @@ class _Walk:
         )
         if record.is_batchnorm:
             return self._batchnorm(record, emit, call)
-        lowering = described.LOWERINGS.get(record.class_name)
+        lowering = LOWERINGS.get(record.class_name)
         if lowering is not None:
             if call.config.get("lora_rank"):
                 return None
             return lowering(emit, call)
-        return described.lower_layout(emit, call)
+        return lower_layout(emit, call)
 
     def _batchnorm(self, record: LayerRecord, emit: Emitter, call: Call) -> ir.Value | None:
         rank = len(call.input_shape) if call.input_shape is not None else 0
         wrapped = record.class_name != type(record.layer).__name__
         # A wrapped BN counts its axes without TimeDistributed's time axis.
-        axis = described.batchnorm_axis(call.config, rank - wrapped)
+        axis = batchnorm.batchnorm_axis(call.config, rank - wrapped)
         if axis is not None and wrapped:
             axis += 1
         if axis is None or axis == 0:
@@ -228,14 +229,14 @@ class _Walk:
             )
             return None
         try:
-            affine = described.batchnorm_affine(call.config, call.weights)
+            affine = batchnorm.batchnorm_affine(call.config, call.weights)
         except FoldArithmeticError as error:
             record.skip = Skip(Reason.INVALID_PARAMS, str(error))
             return None
         feeder = call.inputs[0].producer()
         if feeder is not None and feeder.metadata_props.get("keras_role") == "shift":
             record.chained_to = feeder.metadata_props["keras_layer"]
-        return described.lower_batchnorm(emit, call, affine, axis)
+        return batchnorm.lower_batchnorm(emit, call, affine, axis)
 
     def _opaque(
         self, emit: Emitter, record: LayerRecord, inputs: list[ir.Value], out_tensors: list[Any]
