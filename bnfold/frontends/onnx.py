@@ -10,18 +10,20 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, OutputError
 from bnfold.frontends.onnx_bytes import write_model
+from bnfold.frontends.onnx_read import PLAIN_TYPES as PLAIN_TYPES
 from bnfold.frontends.onnx_validate import MODEL_SUFFIXES as MODEL_SUFFIXES
 from bnfold.frontends.onnx_validate import ONNX_SUFFIXES as ONNX_SUFFIXES
 from bnfold.frontends.onnx_validate import external_locations, read_model, skeleton
-from bnfold.frontends.onnx_validate import read_proto as read_proto
 from bnfold.graph import iter_graphs
 from bnfold.specs import InputSpec
 
@@ -78,35 +80,30 @@ def infer_shapes(model: ir.Model) -> ir.Model:
 def load_onnx(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX model for folding: validated, shapes inferred, external data left lazy."""
     path = Path(path)
-    proto, lean = read_model(path)
-    add_inferred_shapes(proto, lean)
+    read = read_model(path)
+    add_inferred_shapes(read.proto, read.skeleton)
     try:
-        model = ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(read.proto)
     except Exception as error:
         raise InputError(f"{path}: cannot read the graph ({error})") from error
     ir.external_data.set_base_dir(model.graph, path.parent)
-    model.meta[EXTERNAL_DATA_META] = next(external_locations(proto), None) is not None
-    _own_weights(model)
+    model.meta[EXTERNAL_DATA_META] = next(external_locations(read.proto), None) is not None
+    _own_weights(model, read.arrays)
     return model
 
 
-# Tensor types whose values are plain numpy arrays (not ml_dtypes' bfloat16, float8, int4),
-# which onnxruntime also takes as inputs as they are.
-PLAIN_TYPES = frozenset(
-    {"float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64"}
-    | {"uint8", "uint16", "uint32", "uint64"}
-)
-
-
-def _owned(tensor: ir.TensorProtocol | None) -> ir.TensorProtocol | None:
-    """A tensor read from the parsed protobuf as one holding its own array (``None`` where
-    it is not such a tensor, or of a type kept as it is)."""
+def _owned(
+    tensor: ir.TensorProtocol | None, array: npt.NDArray[Any] | None = None
+) -> ir.TensorProtocol | None:
+    """A tensor read from the parsed protobuf as one holding its own array: ``array`` where
+    the reader read its data apart, else its values (``None`` where it is not such a tensor,
+    or of a type kept as it is)."""
     if not isinstance(tensor, ir.serde.TensorProtoTensor):
         return None
     if tensor.dtype.numpy().name not in PLAIN_TYPES:
         return None
     return ir.Tensor(
-        tensor.numpy(),
+        tensor.numpy() if array is None else array,
         dtype=tensor.dtype,
         name=tensor.name,
         doc_string=tensor.doc_string,
@@ -114,14 +111,16 @@ def _owned(tensor: ir.TensorProtocol | None) -> ir.TensorProtocol | None:
     )
 
 
-def _own_weights(model: ir.Model) -> None:
+def _own_weights(model: ir.Model, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
     """Give each inline tensor an array of its own, so that the parsed protobuf (a second
     copy of every weight, kept whole while any one tensor points into it) is freed once
     loaded. The arrays are then shared, not copied, by the check's onnxruntime sessions,
-    and ``numpy()`` of them is free (a protobuf tensor copies its bytes on every call)."""
+    and ``numpy()`` of them is free (a protobuf tensor copies its bytes on every call).
+    ``arrays`` are the main graph's weights the reader read apart from the protobuf."""
     for graph in iter_graphs(model.graph):
-        for value in graph.initializers.values():
-            if (owned := _owned(value.const_value)) is not None:
+        read = arrays if graph is model.graph else {}
+        for name, value in graph.initializers.items():
+            if (owned := _owned(value.const_value, read.get(name))) is not None:
                 value.const_value = owned
         for node in graph:
             for attribute in node.attributes.values():

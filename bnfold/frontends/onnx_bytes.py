@@ -11,11 +11,15 @@ same ModelProto (initializers in their order, after the other graph fields).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Collection, Iterator
 from typing import BinaryIO
 
+import numpy as np
 import onnx
 import onnx_ir as ir
+
+from bnfold.frontends.onnx_read import PLAIN_TYPES
 
 # Initializers at least this large are streamed; smaller ones are not worth the bookkeeping.
 STREAM_TENSOR_BYTES = 64 * 1024
@@ -115,14 +119,27 @@ def _entry_size(header: onnx.TensorProto, tensor: ir.TensorProtocol | None) -> i
     return len(_field_header(_INITIALIZER_FIELD, body)) + body
 
 
-def _entry(header: onnx.TensorProto, tensor: ir.TensorProtocol | None) -> Iterator[bytes]:
+def _raw_bytes(tensor: ir.TensorProtocol) -> bytes | memoryview:
+    """The tensor's raw data: a view of a numpy-backed tensor's own array where its memory
+    already is that layout (contiguous, little-endian), so no weight is copied to be written."""
+    if isinstance(tensor, ir.Tensor) and sys.byteorder == "little":
+        array = tensor.numpy()
+        plain = array.dtype.name in PLAIN_TYPES and array.dtype == tensor.dtype.numpy()
+        if plain and array.dtype.isnative and array.flags.c_contiguous:
+            return array.reshape(-1).view(np.uint8).data
+    return tensor.tobytes()
+
+
+def _entry(
+    header: onnx.TensorProto, tensor: ir.TensorProtocol | None
+) -> Iterator[bytes | memoryview]:
     """One ``initializer`` field of the graph: the header (data and all, for a small tensor),
     then, for a streamed one, its ``raw_data`` field."""
     head = header.SerializeToString()
     if tensor is None:
         yield _field_header(_INITIALIZER_FIELD, len(head)) + head
         return
-    data = tensor.tobytes()
+    data = _raw_bytes(tensor)
     if len(data) != tensor.nbytes:  # the graph's length, already written, counted nbytes
         raise ValueError(f"tensor {header.name!r}: {len(data)} bytes, not {tensor.nbytes}")
     head += _field_header(_RAW_DATA_FIELD, len(data))
@@ -130,7 +147,7 @@ def _entry(header: onnx.TensorProto, tensor: ir.TensorProtocol | None) -> Iterat
     yield data
 
 
-def model_chunks(model: ir.Model) -> Iterator[bytes]:
+def model_chunks(model: ir.Model) -> Iterator[bytes | memoryview]:
     """The serialised model in pieces; joined, they are a valid ONNX file. Each large
     tensor's bytes are made only when its turn comes, so memory holds one at a time."""
     model_part, graph_part, entries = _lean_parts(model)

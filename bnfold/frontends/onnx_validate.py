@@ -6,15 +6,18 @@ UTF-8), and run the checker on a skeleton that leaves the large weights out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy.typing as npt
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from bnfold.errors import InputError
+from bnfold.frontends.onnx_read import parse_model
 
 ONNX_SUFFIXES = (".onnx",)
 
@@ -115,12 +118,14 @@ def _string_tensor_problem(tensor: onnx.TensorProto) -> str | None:
     return None
 
 
-def _check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
+def _check_tensor_sizes(proto: onnx.ModelProto, path: Path, read: Collection[str] = ()) -> None:
     """Every initializer holds as many bytes as its dims say: the checker sees only the small
     ones (the skeleton leaves the large ones out), and a mismatch would surface later as a
-    numpy error in the middle of a fold."""
+    numpy error in the middle of a fold. Those in ``read`` were read by their dims already."""
     folder = path.parent
     for tensor in proto.graph.initializer:
+        if tensor.name in read:
+            continue
         if not _known_type(tensor.data_type):
             raise InputError(f"{path}: tensor {tensor.name!r} has no known data type")
         if tensor.data_type == onnx.TensorProto.STRING:
@@ -330,14 +335,19 @@ def _one_line(error: Exception, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_proto(path: Path) -> onnx.ModelProto:
+@dataclass
+class ReadModel:
+    """A validated file: the model, whose large plain weights come without data, their
+    arrays by name (``bnfold.frontends.onnx_read``), and the skeleton the checker passed,
+    which shape inference reuses."""
+
+    proto: onnx.ModelProto
+    arrays: dict[str, npt.NDArray[Any]]
+    skeleton: onnx.ModelProto
+
+
+def read_model(path: Path) -> ReadModel:
     """Parse and validate an ONNX file without loading its external data."""
-    return read_model(path)[0]
-
-
-def read_model(path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """Parse and validate an ONNX file without loading its external data: the model, and the
-    skeleton the checker passed (``skeleton``), which shape inference can reuse."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
@@ -348,13 +358,14 @@ def read_model(path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: not an ONNX model (empty file)")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        parsed = parse_model(path)
     except Exception as error:
         raise _not_onnx(path, error) from error
+    proto = parsed.proto
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     _check_external_data(proto, path.parent)
-    _check_tensor_sizes(proto, path)
+    _check_tensor_sizes(proto, path, parsed.arrays)
     _check_attributes(proto, path)
     if bad := _bad_text(proto):
         raise InputError(f"{path}: invalid ONNX model: {bad} is not valid UTF-8 text")
@@ -363,4 +374,4 @@ def read_model(path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
         onnx.checker.check_model(lean)
     except Exception as error:
         raise InputError(f"{path}: invalid ONNX model: {_one_line(error)}") from error
-    return proto, lean
+    return ReadModel(proto, parsed.arrays, lean)
