@@ -3,7 +3,11 @@ onnxruntime with optimisations disabled."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,3 +173,20 @@ def affine_tails_after_linear(proto: onnx.ModelProto) -> list[str]:
         if producer is not None and producer.op_type in LINEAR_OPS:
             left.append(node.name or node.output[0])
     return left
+
+
+def run_python_quietly(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter with the user's TF_* and BNFOLD_* settings removed,
+    so that a test sees what a user with no special environment sees on stdout and stderr."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("TF_", "BNFOLD_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )

@@ -7,9 +7,6 @@ compared with the source model, and its BatchNormalization layers counted."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from bnfold.errors import InputError, OutputError  # noqa: E402
 from bnfold.foldlog import Outcome  # noqa: E402
 from bnfold.frontends import keras as frontend  # noqa: E402
 from bnfold.frontends.base import LoadSettings  # noqa: E402
+from bnfold.testing import run_python_quietly  # noqa: E402
 
 pytestmark = pytest.mark.keras
 REPO = Path(__file__).resolve().parents[1]
@@ -157,17 +155,7 @@ def test_keras2_functional_h5_prints_no_keras_warning(keras2_files: dict[str, Pa
         f"k.save_keras_model(model, __import__('pathlib').Path({str(keras2_files['h5'])!r}"
         ".replace('.h5', '_again.h5')))\n"
     )
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("TF_", "BNFOLD_"))
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-    )
+    done = run_python_quietly(script, REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "" and done.stderr == ""
 

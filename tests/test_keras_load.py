@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ h5py = pytest.importorskip("h5py")
 from bnfold.errors import InputError  # noqa: E402
 from bnfold.foldlog import Outcome  # noqa: E402
 from bnfold.frontends import keras as frontend  # noqa: E402
+from bnfold.testing import run_python_quietly  # noqa: E402
 
 pytestmark = pytest.mark.keras
 L = keras.layers
@@ -208,17 +208,7 @@ def test_import_is_lazy_and_tensorflow_noise_is_silenced() -> None:
         "folded, _ = k.fold_keras_model(model)\n"
         "k.keras_to_onnx(folded)\n"
     )
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("TF_", "BNFOLD_"))
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-    )
+    done = run_python_quietly(script, REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == ""
     assert done.stderr == ""

@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.frontends.onnx import needs_external_data
+from bnfold.frontends.onnx_bytes import weightless_proto
 
 # Initializers above this many elements become typed graph inputs in the copy that is
 # inferred: inference needs their shapes, not their values.
@@ -35,20 +36,17 @@ def _set_dims(info: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
         shape.dim.add().dim_value = int(size)
 
 
-def _lean(proto: onnx.ModelProto) -> None:
-    """Large initializers become graph inputs of their type and shape (values unused)."""
-    kept = []
-    for tensor in proto.graph.initializer:
+def _large_initializers(model: ir.Model) -> list[str]:
+    """Initializers whose values inference does not need (it reads only small constants such
+    as Reshape targets): they reach it as graph inputs of their type and shape."""
+    large = []
+    for name, value in model.graph.initializers.items():
         elements = 1
-        for size in tensor.dims:
-            elements *= size
-        if elements <= _INLINE_ELEMENTS:
-            kept.append(tensor)
-            continue
-        info = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-        proto.graph.input.append(info)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
+        for size in value.shape or ():
+            elements *= int(size) if isinstance(size, int) else 1
+        if elements > _INLINE_ELEMENTS:
+            large.append(name)
+    return large
 
 
 def static_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, ir.Shape]:
@@ -57,8 +55,8 @@ def static_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[
     sized = [value for value in model.graph.inputs if value.name in shapes]
     if all(_is_static(value.shape) for value in sized) or needs_external_data(model):
         return {}
-    proto = ir.serde.serialize_model(model)
-    _lean(proto)
+    # Weightless: serialising the weights only to ignore them cost 0.2 s and 87 MB on ResNet50.
+    proto = weightless_proto(model, _large_initializers(model))
     for info in proto.graph.input:
         if info.name in shapes:
             _set_dims(info, shapes[info.name])

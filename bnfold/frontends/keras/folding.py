@@ -220,21 +220,30 @@ def _apply(model: Any, changes: _Rewrites) -> tuple[Any, dict[str, str]]:
     root = configs.graphs[""]
     for old, new in renames.items():
         root.rename(old, new)
-    original = dict(all_layers(model))
-    for old, new in renames.items():
-        original[new] = original[old]
-        if old in changes.weights:
-            changes.weights[new] = changes.weights.pop(old)
     try:
         rebuilt = _rebuild(model, configs.config)
     except Exception as error:
         raise InputError(f"Keras cannot rebuild the folded model: {first_line(error)}") from error
-    for path, layer in all_layers(rebuilt):
-        if is_model(layer):
-            continue
-        weights = changes.weights.get(path)
-        layer.set_weights(weights if weights is not None else original[path].get_weights())
+    _copy_weights(model, rebuilt, changes)
     return rebuilt, renames
+
+
+def _copy_weights(model: Any, rebuilt: Any, changes: _Rewrites) -> None:
+    """Each rebuilt layer gets the folded weights of its original, or the original's own.
+    Layers are paired by position (the rebuilt model lists the original's layers in order,
+    less the BNs dropped): a renamed output layer, or a custom layer Keras renames on
+    rebuilding, still finds its original."""
+    dropped = {record.path for record in changes.dropped}
+    before = [(p, layer) for p, layer in all_layers(model) if p not in dropped]
+    after = list(all_layers(rebuilt))
+    if len(before) != len(after):
+        raise InputError(
+            f"Keras rebuilt the folded model with {len(after)} layers, expected {len(before)}"
+        )
+    for (path, layer), (_, new_layer) in zip(before, after, strict=True):
+        if not is_model(layer):
+            weights = changes.weights.get(path)
+            new_layer.set_weights(weights if weights is not None else layer.get_weights())
 
 
 def _rebuild(model: Any, config: dict[str, Any]) -> Any:
@@ -288,6 +297,8 @@ def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
         if gained and entry.folded:
             note = "; ".join(f"'{t}' gained a bias" for t in gained)
             entry.detail = f"{entry.detail}; {note}" if entry.detail else note
+    if not changes.dropped and not changes.weights:
+        return model, entries  # nothing to rebuild (a custom class may not even rebuild)
     folded, renames = _apply(model, changes)
     for entry in entries:
         producer = next((old for old, new in renames.items() if new == entry.name), None)
