@@ -168,6 +168,10 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
         raise InputError(f"tf2onnx cannot convert the model: {first_line(error)}") from error
     proto.ir_version = min(proto.ir_version, MAX_ONNX_IR_VERSION)
     _validate_onnx(proto)
+    from bnfold.frontends.onnx import add_inferred_shapes
+
+    # Shapes on the proto tf2onnx wrote: no second serialise and parse for inference.
+    add_inferred_shapes(proto)
     ir_model = onnx_ir.from_proto(proto)
     graph_inputs = list(ir_model.graph.inputs)
     graph_outputs = list(ir_model.graph.outputs)

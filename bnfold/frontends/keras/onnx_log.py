@@ -75,9 +75,8 @@ def converted_outcome(outcome: FoldOutcome, onnx_model: ir.Model) -> FoldOutcome
     """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs; the model's
     ``bnfold`` metadata then counts the merged log."""
     from bnfold.fold import METADATA_KEY, fold_model
-    from bnfold.frontends.onnx import infer_shapes
 
-    result = fold_model(infer_shapes(onnx_model))
+    result = fold_model(onnx_model)  # keras_to_onnx inferred its shapes
     names = [node.name or "" for node in result.model.graph.all_nodes()]
     entries = merge_stage_logs(outcome.entries, result.entries, names)
     counts = count_entries(entries)
