@@ -60,8 +60,12 @@ class KerasFrontend:
 
     def to_onnx(self, outcome: FoldOutcome, settings: LoadSettings) -> FoldOutcome:
         from bnfold.frontends.keras.onnx_log import converted_outcome
+        from bnfold.frontends.keras.saved_model import holds_signature_only
 
-        return converted_outcome(outcome, keras_to_onnx(outcome.model, opset=settings.opset))
+        converted = keras_to_onnx(outcome.model, opset=settings.opset)
+        # A SavedModel's bare signature has no Keras layers: its BNs are the graph's.
+        layers_known = not holds_signature_only(outcome.model)
+        return converted_outcome(outcome, converted, layers_known=layers_known)
 
     def save(self, model: Any, path: str | os.PathLike[str]) -> None:
         save_keras_model(model, Path(path))

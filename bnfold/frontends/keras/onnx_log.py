@@ -45,13 +45,18 @@ def _converted(entry: FoldEntry) -> FoldEntry:
 
 
 def merge_stage_logs(
-    keras_entries: list[FoldEntry], onnx_entries: list[FoldEntry], node_names: list[str]
+    keras_entries: list[FoldEntry],
+    onnx_entries: list[FoldEntry],
+    node_names: list[str],
+    layers_known: bool = True,
 ) -> list[FoldEntry]:
     """One entry per Keras BN, true of the ONNX graph: a BN the Keras pass left is folded if
     the ONNX pass folded what tf2onnx wrote for it, removed by the converter if nothing of it
     is left in the graph, else left as the Keras pass said. ONNX affines that belong to no
-    Keras BN (a conv bias ``Add``, a custom layer's constant ``Mul``) are listed apart, and
-    only when folded."""
+    Keras BN (a conv bias ``Add``, a custom layer's constant ``Mul``, a Normalization layer's
+    per-channel ``Sub``/``Div``) are listed apart, and only when folded. Without Keras layers
+    to count (``layers_known`` false: a SavedModel's bare signature), the ONNX pass's own
+    entries are the log."""
     merged = list(keras_entries)
     rest = list(onnx_entries)
     for index, entry in enumerate(merged):
@@ -66,19 +71,23 @@ def merge_stage_logs(
             merged[index] = folded
         elif not mine and not _matches(entry.name, node_names):
             merged[index] = _converted(entry)
+    if not layers_known:
+        return merged + rest
     for other in rest:
         other.kind = AFFINE
     return merged + [other for other in rest if other.folded]
 
 
-def converted_outcome(outcome: FoldOutcome, onnx_model: ir.Model) -> FoldOutcome:
+def converted_outcome(
+    outcome: FoldOutcome, onnx_model: ir.Model, *, layers_known: bool = True
+) -> FoldOutcome:
     """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs; the model's
     ``bnfold`` metadata then counts the merged log."""
     from bnfold.fold import METADATA_KEY, fold_model
 
     result = fold_model(onnx_model)  # keras_to_onnx inferred its shapes
     names = [node.name or "" for node in result.model.graph.all_nodes()]
-    entries = merge_stage_logs(outcome.entries, result.entries, names)
+    entries = merge_stage_logs(outcome.entries, result.entries, names, layers_known)
     counts = count_entries(entries)
     if any(entry.folded for entry in entries):
         result.model.metadata_props[METADATA_KEY] = json.dumps(
