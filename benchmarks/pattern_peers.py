@@ -17,7 +17,6 @@ same seeded inputs.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
-from peer_tools import PEER_PACKAGES, TOOLS
+from peer_tools import PEER_PACKAGES, TOOLS, package_versions
 
 from bnfold.check.equivalence import random_inputs, run_model
 from bnfold.comparison import relative_error
@@ -342,13 +341,7 @@ def verdicts(results: list[tuple[Pattern, dict[str, Cell]]], tools: list[str]) -
 
 
 def versions() -> str:
-    parts = []
-    for package in ("onnxruntime", "onnx", *PEER_PACKAGES):
-        try:
-            parts.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{package} not installed")
-    return ", ".join(parts)
+    return ", ".join(package_versions(("onnxruntime", "onnx", *PEER_PACKAGES)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ The peers are benchmark-only dependencies: ``pip install -e '.[bench]'``.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -81,3 +82,14 @@ TOOLS: dict[str, Tool] = {
 }
 
 PEER_PACKAGES = ("onnxoptimizer", "onnxsim", "onnxslim", "onnxscript")
+
+
+def package_versions(packages: tuple[str, ...]) -> list[str]:
+    """``"name version"`` per package, or ``"name not installed"``: every table says what ran."""
+    parts = []
+    for package in packages:
+        try:
+            parts.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return parts

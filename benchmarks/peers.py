@@ -23,7 +23,6 @@ The peers are benchmark-only dependencies: ``pip install -e '.[bench]'``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
-from peer_tools import PEER_PACKAGES, TOOLS
+from peer_tools import PEER_PACKAGES, TOOLS, package_versions
 
 from bnfold.check.equivalence import make_session, random_inputs, run_model
 from bnfold.check.latency import (
@@ -427,11 +426,7 @@ def summary(results: list[tuple[ModelCase, list[Row]]]) -> str:
 
 def versions() -> str:
     parts = [f"{name} {version}" for name, version in machine_info().versions.items()]
-    for package in (*PEER_PACKAGES, "tensorflow", "keras", "tf2onnx"):
-        try:
-            parts.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{package} not installed")
+    parts += package_versions((*PEER_PACKAGES, "tensorflow", "keras", "tf2onnx"))
     return ", ".join(parts)
 
 

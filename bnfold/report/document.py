@@ -77,6 +77,19 @@ def affine_entries(document: Document) -> list[dict[str, Any]]:
     return [entry for entry in document.get("entries") or [] if _kind(entry) == "affine"]
 
 
+def log_tables(document: Document) -> list[tuple[str, list[dict[str, Any]], str]]:
+    """The log as the page formats show it: ``(title, entries, first column)`` for the BNs,
+    then for the other constant affines folded, each only when it has entries."""
+    batchnorms, affines = batchnorm_entries(document), affine_entries(document)
+    tables = []
+    if batchnorms:
+        found = (document.get("counts") or {}).get("found", len(batchnorms))
+        tables.append((f"Fold log ({found} BN)", batchnorms, "BN"))
+    if affines:
+        tables.append((f"Other constant affines folded ({len(affines)})", affines, "affine"))
+    return tables
+
+
 def _kind(entry: dict[str, Any]) -> str:
     return str(entry.get("kind", "batchnorm"))  # documents before "kind" held BNs only
 

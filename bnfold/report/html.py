@@ -9,12 +9,11 @@ from typing import Any
 
 from bnfold.report.document import (
     Document,
-    affine_entries,
-    batchnorm_entries,
     conditions,
     entry_outcome,
     g,
     gate,
+    log_tables,
     percent,
     size_rows,
     speedup,
@@ -239,12 +238,8 @@ def render_html(document: Document) -> str:
         body += _latency(document["latency"])
     if document.get("check") is not None:
         body += _check(document["check"])
-    batchnorms, affines = batchnorm_entries(document), affine_entries(document)
-    if batchnorms:
-        found = (document.get("counts") or {}).get("found", len(batchnorms))
-        body += _log(f"Fold log ({found} BN)", batchnorms, "BN")
-    if affines:
-        body += _log(f"Other constant affines folded ({len(affines)})", affines, "affine")
+    for title, entries, first_column in log_tables(document):
+        body += _log(title, entries, first_column)
     body.append(
         f'<p class="note">bnfold {_h(document["bnfold_version"])}, '
         f"schema {_h(document['schema'])}</p>"

@@ -6,12 +6,11 @@ from typing import Any
 
 from bnfold.report.document import (
     Document,
-    affine_entries,
-    batchnorm_entries,
     conditions,
     entry_outcome,
     g,
     gate,
+    log_tables,
     percent,
     size_rows,
     speedup,
@@ -94,11 +93,7 @@ def render_markdown(document: Document) -> str:
         lines += _latency(document["latency"])
     if document.get("check") is not None:
         lines += _check(document["check"])
-    batchnorms, affines = batchnorm_entries(document), affine_entries(document)
-    if batchnorms:
-        found = (document.get("counts") or {}).get("found", len(batchnorms))
-        lines += _log(f"Fold log ({found} BN)", batchnorms, "BN")
-    if affines:
-        lines += _log(f"Other constant affines folded ({len(affines)})", affines, "affine")
+    for title, entries, first_column in log_tables(document):
+        lines += _log(title, entries, first_column)
     lines.append(f"<sub>bnfold {document['bnfold_version']}, schema {document['schema']}</sub>")
     return "\n".join(lines) + "\n"
