@@ -47,12 +47,12 @@ def _converted(entry: FoldEntry) -> FoldEntry:
 def merge_stage_logs(
     keras_entries: list[FoldEntry],
     onnx_entries: list[FoldEntry],
-    node_names: list[str],
+    affine_names: list[str],
     layers_known: bool = True,
 ) -> list[FoldEntry]:
     """One entry per Keras BN, true of the ONNX graph: a BN the Keras pass left is folded if
-    the ONNX pass folded what tf2onnx wrote for it, removed by the converter if nothing of it
-    is left in the graph, else left as the Keras pass said. ONNX affines that belong to no
+    the ONNX pass folded what tf2onnx wrote for it, removed by the converter if no affine of
+    its scope is left in the graph (``affine_names``), else left as the Keras pass said. ONNX affines that belong to no
     Keras BN (a conv bias ``Add``, a custom layer's constant ``Mul``, a Normalization layer's
     per-channel ``Sub``/``Div``) are listed apart, and only when folded. Without Keras layers
     to count (``layers_known`` false: a SavedModel's bare signature), the ONNX pass's own
@@ -69,13 +69,28 @@ def merge_stage_logs(
         if folded is not None:
             folded.name, folded.kind = entry.name, entry.kind
             merged[index] = folded
-        elif not mine and not _matches(entry.name, node_names):
+        elif not mine and not _matches(entry.name, affine_names):
             merged[index] = _converted(entry)
     if not layers_known:
         return merged + rest
     for other in rest:
         other.kind = AFFINE
     return merged + [other for other in rest if other.folded]
+
+
+def _affine_node_names(model: ir.Model) -> list[str]:
+    """Names of the nodes that could still be a BN in the converted graph: its affine chains
+    (BatchNormalization nodes, Mul/Add by constants). Other nodes may carry a BN's scope too
+    (tf2onnx names a Transpose it moves after the op it was next to) without being it."""
+    from bnfold.graph import iter_graphs
+    from bnfold.rules.affines import find_affine_chains
+
+    return [
+        node.name or ""
+        for graph in iter_graphs(model.graph)
+        for chain in find_affine_chains(graph)
+        for node in chain.nodes
+    ]
 
 
 def converted_outcome(
@@ -86,8 +101,9 @@ def converted_outcome(
     from bnfold.fold import METADATA_KEY, fold_model
 
     result = fold_model(onnx_model)  # keras_to_onnx inferred its shapes
-    names = [node.name or "" for node in result.model.graph.all_nodes()]
-    entries = merge_stage_logs(outcome.entries, result.entries, names, layers_known)
+    entries = merge_stage_logs(
+        outcome.entries, result.entries, _affine_node_names(result.model), layers_known
+    )
     counts = count_entries(entries)
     if any(entry.folded for entry in entries):
         result.model.metadata_props[METADATA_KEY] = json.dumps(
