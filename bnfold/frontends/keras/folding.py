@@ -45,14 +45,13 @@ def _keras_paths(lowered: Lowered, labels: list[str], linear_only: bool) -> list
     """Node labels of the core's log as Keras layer paths (inserted Transposes dropped)."""
     paths: list[str] = []
     for label in labels:
-        record = lowered.record_of_node(label)
-        if record is None:
+        owner = lowered.owner_of(label)
+        if owner is None or owner[1] in ("nchw", "nhwc"):  # Transposes bnfold inserted
             continue
+        record = owner[0]
         if linear_only and record.class_name not in LINEAR_LAYERS:
             continue
-        if record.path not in paths and not (
-            not linear_only and label.endswith(("/nchw", "/nhwc"))
-        ):
+        if record.path not in paths:
             paths.append(record.path)
     return paths
 
@@ -69,11 +68,11 @@ def _in_keras_words(detail: str, lowered: Lowered) -> str:
     def describe(match: re.Match[str]) -> str:
         token = match.group(1)
         node_name = re.sub(r":\d+$", "", token.rstrip(".,"))
-        record = lowered.record_of_node(node_name)
-        if record is None:
+        owner = lowered.owner_of(node_name)
+        if owner is None:
             return match.group(0)
+        record, role = owner
         tail = re.sub(r"^:\d+", "", token[len(node_name) :])
-        role = next(r for r, n in record.nodes.items() if n.name == node_name)
         layer = f"{record.class_name} '{record.path}'"
         if role == "activation":
             config = getattr(record.layer, "layer", record.layer).get_config()

@@ -72,13 +72,19 @@ def input_snapshot(node: ir.Node) -> list[tuple[Any, Any]]:
 class Lowered:
     graph: ir.Graph
     records: dict[str, LayerRecord] = field(default_factory=dict)
-    nested: dict[str, Any] = field(default_factory=dict)  # path -> nested model
+    _owners: dict[str, tuple[LayerRecord, str]] = field(default_factory=dict)
 
-    def record_of_node(self, label: str) -> LayerRecord | None:
-        for record in self.records.values():
-            if any(node.name == label for node in record.nodes.values()):
-                return record
-        return None
+    def owner_of(self, node_name: str) -> tuple[LayerRecord, str] | None:
+        """The layer a node was written for and the node's role in it (lowering is done
+        when the log asks, so the index is built once, on the first question)."""
+        if not self._owners:
+            self._owners = {
+                node.name: (record, role)
+                for record in self.records.values()
+                for role, node in record.nodes.items()
+                if node.name
+            }
+        return self._owners.get(node_name)
 
 
 def _flatten(structure: Any) -> list[Any]:
@@ -141,7 +147,6 @@ class _Walk:
             env[id(tensor)] = value
 
     def _nested(self, model: Any, inputs: list[ir.Value], path: str) -> list[ir.Value]:
-        self.lowered.nested.setdefault(path, model)
         inner = {id(t): v for t, v in zip(_flatten(model.inputs), inputs, strict=True)}
         return [self.value(t, inner, f"{path}/") for t in _flatten(model.outputs)]
 
