@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.check.equivalence import random_inputs, run_model
+from bnfold.check.equivalence import random_inputs
 from bnfold.comparison import compare_outputs
 from bnfold.fold import fold_model
 from bnfold.frontends.keras import import_keras, keras_to_onnx, randomise_batchnorm_statistics
 from bnfold.frontends.onnx import infer_shapes, input_specs
+from bnfold.frontends.onnx_run import run_model
 
 INPUT_SHAPE = (64, 64, 3)
 SMALL_MODELS = ("MLPPostActivationBN", "CNNFlattenBN")

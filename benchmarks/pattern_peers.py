@@ -29,9 +29,10 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 from peer_tools import PEER_PACKAGES, TOOLS, package_versions
 
-from bnfold.check.equivalence import random_inputs, run_model
+from bnfold.check.equivalence import random_inputs
 from bnfold.comparison import relative_error
 from bnfold.frontends.onnx import input_specs
+from bnfold.frontends.onnx_run import run_model
 from bnfold.graph import iter_graphs
 from bnfold.rules.affines import find_affine_chains
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model

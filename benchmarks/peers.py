@@ -42,18 +42,19 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 from peer_tools import PEER_PACKAGES, TOOLS, package_versions
 
-from bnfold.check.equivalence import make_session, random_inputs, run_model
+from bnfold.check.equivalence import random_inputs
 from bnfold.check.latency import (
     benchmark_shapes,
     machine_info,
     measure_level,
 )
+from bnfold.check.sizes import model_sizes
 from bnfold.comparison import relative_error
 from bnfold.frontends.onnx import input_specs
+from bnfold.frontends.onnx_run import make_session, run_model
 from bnfold.graph import bypass, iter_graphs
 from bnfold.rules.affines import find_affine_chains
 from bnfold.settings import BenchSettings
-from bnfold.sizes import model_sizes
 
 IR_VERSION = 8
 LEVELS = ("disable", "all")

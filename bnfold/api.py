@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from bnfold.errors import CheckFailedError, InputError, OutputError, UsageError
+from bnfold.errors import CheckFailedError, InputError, UsageError
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
 from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
 from bnfold.settings import BenchSettings, CheckSettings
@@ -202,15 +202,9 @@ def _save(writer: Frontend, model: Any, output: PathLike) -> None:
         writer.save(model, output)
         return
     # KerasFrontend.save writes straight to its path; staged here so a failure leaves nothing.
-    from bnfold.frontends.onnx import atomic_folder
+    from bnfold.atomic import write_atomically
 
-    target = Path(output)
-    with atomic_folder(target) as scratch:
-        writer.save(model, scratch / target.name)
-        try:
-            os.replace(scratch / target.name, target)
-        except OSError as error:
-            raise OutputError(f"{target}: cannot write ({error.strerror or error})") from error
+    write_atomically(output, lambda staged: writer.save(model, staged))
 
 
 @dataclasses.dataclass
@@ -277,7 +271,7 @@ def _failed(check: CheckResult | None) -> bool:
 
 
 def _compare_sizes(baseline: Any, folded: Any) -> SizeComparison:
-    from bnfold.sizes import compare_sizes
+    from bnfold.check.sizes import compare_sizes
 
     return compare_sizes(baseline, folded)
 
@@ -290,11 +284,9 @@ def _time(
     progress: Progress | None,
 ) -> Any:
     from bnfold.check import latency
-    from bnfold.frontends.onnx import input_specs, load_onnx
-    from bnfold.sizes import as_ir
+    from bnfold.frontends.onnx import as_ir, input_specs
 
-    model = load_onnx(baseline) if isinstance(baseline, str) else as_ir(baseline)
-    specs = input_specs(model)
+    specs = input_specs(as_ir(baseline))
     return latency.benchmark(baseline, candidate, specs, settings, names=names, progress=progress)
 
 

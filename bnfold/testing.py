@@ -16,10 +16,11 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.check.equivalence import random_inputs, run_model
+from bnfold.check.equivalence import random_inputs
 from bnfold.comparison import CheckResult, compare_outputs
 from bnfold.fold import FoldPass, fold_model
 from bnfold.frontends.onnx import input_specs
+from bnfold.frontends.onnx_run import run_model
 
 # onnxruntime 1.31 reads IR version <= 13 and onnx 1.23 writes 14 by default.
 TEST_IR_VERSION = 8

@@ -808,8 +808,9 @@ def test_overwriting_an_external_data_input_keeps_the_result_model_valid(tmp_pat
     lazy tensors read, so they are pointed at the new file; without that, ``result.model``
     (what --report and --bench measure) would read the new bytes at the old offsets."""
     import bnfold
-    from bnfold.check.equivalence import random_inputs, run_model
+    from bnfold.check.equivalence import random_inputs
     from bnfold.frontends.onnx import input_specs
+    from bnfold.frontends.onnx_run import run_model
 
     original, folder = tmp_path / "original", tmp_path / "work"
     for where in (original, folder):

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from bnfold.check import isolation
-from bnfold.check.equivalence import run_model
 from bnfold.cli import cli
+from bnfold.frontends import onnx_isolation as isolation
+from bnfold.frontends.onnx_run import run_model
 
 CHANNELS = 3
 

@@ -9,11 +9,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnfold.check import equivalence, latency
+from bnfold.check.sizes import compare_sizes, model_sizes
 from bnfold.errors import UsageError
 from bnfold.fold import fold_model
 from bnfold.frontends.onnx import input_specs
 from bnfold.settings import BenchSettings, CheckSettings
-from bnfold.sizes import compare_sizes, model_sizes
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model
 
 

@@ -30,11 +30,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from bnfold.check.equivalence import random_inputs, run_model
+from bnfold.check.equivalence import random_inputs
 from bnfold.comparison import compare_outputs
 from bnfold.errors import BnfoldError
 from bnfold.fold import FoldPass, fold_model
 from bnfold.frontends.onnx import add_inferred_shapes, input_specs
+from bnfold.frontends.onnx_run import run_model
 from bnfold.testing import TEST_IR_VERSION
 
 EXAMPLES = int(os.environ.get("BNFOLD_PROPERTY_EXAMPLES", "60"))

@@ -16,11 +16,11 @@ from onnx import TensorProto, helper
 
 from bnfold import report
 from bnfold.check import equivalence, latency
+from bnfold.check.sizes import compare_sizes
 from bnfold.fold import fold_model
 from bnfold.frontends.onnx import input_specs
 from bnfold.results import FoldResult
 from bnfold.settings import BenchSettings, CheckSettings
-from bnfold.sizes import compare_sizes
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "report.schema.json"

@@ -29,14 +29,9 @@ import onnx
 import onnxruntime as ort
 
 from bnfold._version import __version__
-from bnfold.check.equivalence import (
-    ModelSource,
-    concrete_shape,
-    make_session,
-    random_inputs,
-    session_options,
-)
+from bnfold.check.equivalence import concrete_shape, random_inputs
 from bnfold.errors import UsageError
+from bnfold.frontends.onnx_run import ModelSource, make_session, session_options
 from bnfold.results import LatencyResult, LatencyStats, LevelLatency, Machine
 from bnfold.settings import BenchSettings
 from bnfold.specs import InputSpec

@@ -1,15 +1,13 @@
 """Read and write ONNX models: validation, safe external data, shape inference, atomic save.
 
 External data is read only from inside the model's folder. Output is written to a temporary
-folder beside OUT and renamed into place, so a failed write leaves no partial file.
+folder beside OUT and renamed into place (``bnfold.atomic``), so a failed or interrupted
+write leaves no partial file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import InputError, OutputError
+from bnfold.atomic import atomic_folder, cannot_write, signals_deferred, write_atomically
+from bnfold.errors import InputError
 from bnfold.frontends.onnx_bytes import write_model
 from bnfold.frontends.onnx_read import PLAIN_TYPES as PLAIN_TYPES
 from bnfold.frontends.onnx_validate import MODEL_SUFFIXES as MODEL_SUFFIXES
@@ -131,6 +130,20 @@ def _own_weights(model: ir.Model, arrays: Mapping[str, npt.NDArray[Any]]) -> Non
                     node.attributes[attribute.name] = ir.AttrTensor(attribute.name, owned)
 
 
+OnnxSource = ir.Model | onnx.ModelProto | bytes | str | os.PathLike[str]
+
+
+def as_ir(model: OnnxSource) -> ir.Model:
+    """``model`` in memory: a file is loaded (and validated), bytes and protos parsed."""
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, bytes):
+        return ir.serde.deserialize_model(onnx.ModelProto.FromString(model))
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    return load_onnx(model)
+
+
 def has_external_tensors(model: ir.Model) -> bool:
     return any(
         isinstance(value.const_value, ir.ExternalTensor)
@@ -173,27 +186,6 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
-@contextlib.contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target``; whatever the caller writes there and moves out
-    stays, the rest is removed even on failure."""
-    folder = target.parent
-    if not folder.is_dir():
-        if folder.exists():
-            raise OutputError(f"{folder}: is not a folder, so {target.name} cannot go in it")
-        raise OutputError(f"{folder}: output folder does not exist")
-    if target.is_dir():
-        raise OutputError(f"{target}: is a folder")
-    try:
-        scratch = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
-    except OSError as error:
-        raise OutputError(f"{folder}: cannot write ({error.strerror})") from error
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def save_onnx(
     model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None
 ) -> None:
@@ -201,22 +193,26 @@ def save_onnx(
     model is too large for one protobuf or its weights came from external data."""
     path = Path(path)
     external = needs_external_data(model) if external_data is None else external_data
+    if not external:
+        write_atomically(path, lambda staged: _write_inline(model, staged))
+        return
     with atomic_folder(path) as scratch:
         staged = scratch / path.name
         data_name = f"{path.name}.data"
         try:
-            if external:
-                ir.save(model, staged, external_data=data_name)
-                overwritten = _reads_from(model, path.parent / data_name)
+            ir.save(model, staged, external_data=data_name)
+            overwritten = _reads_from(model, path.parent / data_name)
+            with signals_deferred():  # both files move, or neither
                 _replace_pair(scratch, staged, path, data_name)
-                if overwritten:
-                    _repoint(model, path)
-            else:
-                with staged.open("wb") as file:
-                    write_model(model, file)
-                os.replace(staged, path)
+            if overwritten:
+                _repoint(model, path)
         except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+            raise cannot_write(path, error) from error
+
+
+def _write_inline(model: ir.Model, staged: Path) -> None:
+    with staged.open("wb") as file:
+        write_model(model, file)
 
 
 def _external_values(model: ir.Model) -> Iterator[tuple[ir.Value, ir.ExternalTensor]]:

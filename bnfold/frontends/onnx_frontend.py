@@ -22,21 +22,21 @@ import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
-from bnfold.check.equivalence import ModelSource, run_model
-from bnfold.check.isolation import needs_isolation, run_isolated
-from bnfold.errors import InputError, OutputError
+from bnfold.atomic import write_atomically
+from bnfold.errors import InputError
 from bnfold.fold import fold_model
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
 from bnfold.frontends.onnx import (
     ONNX_SUFFIXES,
     annotate_shapes,
-    atomic_folder,
     has_external_tensors,
     input_specs,
     load_onnx,
     needs_external_data,
     save_onnx,
 )
+from bnfold.frontends.onnx_isolation import needs_isolation, run_isolated
+from bnfold.frontends.onnx_run import ModelSource, run_model
 from bnfold.specs import InputSpec
 
 # What a user can do when onnxruntime cannot run the original (custom ops, invalid values).
@@ -143,13 +143,7 @@ class OnnxFrontend:
 
 
 def _copy_atomically(source: Path, path: Path) -> None:
-    with atomic_folder(path) as scratch:
-        staged = scratch / path.name
-        try:
-            shutil.copyfile(source, staged)
-            os.replace(staged, path)
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+    write_atomically(path, lambda staged: shutil.copyfile(source, staged))
 
 
 __all__ = ["NO_CHECK_HINT", "OnnxFrontend"]

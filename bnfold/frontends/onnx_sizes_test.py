@@ -9,9 +9,9 @@ import onnx
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from bnfold.check.equivalence import run_model
 from bnfold.cli import cli
 from bnfold.comparison import relative_error
+from bnfold.frontends.onnx_run import run_model
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model
 
 

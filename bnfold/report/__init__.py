@@ -57,18 +57,10 @@ def render_report(document: Document, suffix: str) -> str:
 def write_report(document: Document, path: str | os.PathLike[str]) -> None:
     """Render by ``path``'s suffix and write atomically: a temporary file beside it, then a
     rename, so a pipeline never reads half a report."""
-    from bnfold.errors import OutputError
-    from bnfold.frontends.onnx import atomic_folder
+    from bnfold.atomic import write_atomically
 
-    target = Path(path)
-    text = render_report(document, target.suffix)
-    with atomic_folder(target) as scratch:
-        staged = scratch / target.name
-        try:
-            staged.write_text(text, encoding="utf-8")
-            os.replace(staged, target)
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+    text = render_report(document, Path(path).suffix)
+    write_atomically(path, lambda staged: staged.write_text(text, encoding="utf-8"))
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 malformed opset-9 BatchNormalization has been seen) ends in one line that names the model,
 not in a dead bnfold.
 
-The child is ``python -m bnfold.check.isolation FOLDER``: it reads ``model.onnx`` and
+The child is ``python -m bnfold.frontends.onnx_isolation FOLDER``: it reads ``model.onnx`` and
 ``inputs.npz`` from FOLDER, runs the model at ORT_DISABLE_ALL and writes ``outputs.npz``.
 Only models whose in-process run is not known to be safe go this way (``needs_isolation``):
 the child costs an interpreter start and a second copy of the model.
@@ -40,7 +40,7 @@ def needs_isolation(model: ir.Model) -> bool:
 
 
 def _child_command(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "bnfold.check.isolation", str(folder)]
+    return [sys.executable, "-m", "bnfold.frontends.onnx_isolation", str(folder)]
 
 
 def _crash_message(returncode: int, label: str) -> str:

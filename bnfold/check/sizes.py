@@ -1,4 +1,6 @@
 """How big a model is, before and after a fold: nodes, parameters, weight bytes, BN/affines.
+It computes (it finds the affine chains the fold engine sees), so it lives with the other
+measurements of a fold, not with the plain data of ``bnfold.results``.
 
 ``affine_nodes`` counts the nodes of every BN-like affine chain the fold engine sees (a
 ``BatchNormalization`` node, or a per-channel ``Mul``/``Div`` with its ``Add``/``Sub``): what is
@@ -7,30 +9,13 @@ left of them after a fold is what a fold could not remove.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import onnx
 import onnx_ir as ir
 
+from bnfold.frontends.onnx import OnnxSource, as_ir
 from bnfold.graph import iter_graphs
 from bnfold.results import ModelSizes, SizeComparison
 from bnfold.rules.affines import find_affine_chains
-
-SizedModel = ir.Model | onnx.ModelProto | bytes | str | os.PathLike[str]
-
-
-def as_ir(model: SizedModel) -> ir.Model:
-    """``model`` in memory: a file is loaded (and validated), bytes and protos parsed."""
-    if isinstance(model, ir.Model):
-        return model
-    if isinstance(model, bytes):
-        return ir.serde.deserialize_model(onnx.ModelProto.FromString(model))
-    if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
-    from bnfold.frontends.onnx import load_onnx
-
-    return load_onnx(model)
 
 
 def _tensor_size(tensor: ir.TensorProtocol | None) -> tuple[int, int]:
@@ -40,7 +25,7 @@ def _tensor_size(tensor: ir.TensorProtocol | None) -> tuple[int, int]:
     return elements, int(tensor.nbytes)
 
 
-def model_sizes(model: SizedModel) -> ModelSizes:
+def model_sizes(model: OnnxSource) -> ModelSizes:
     """Count ``model``'s nodes, parameters, weight bytes and BN-like affines (reads no data)."""
     ir_model = as_ir(model)
     nodes = parameters = weight_bytes = batchnorms = affines = 0
@@ -62,8 +47,8 @@ def model_sizes(model: SizedModel) -> ModelSizes:
     return ModelSizes(nodes, parameters, weight_bytes, batchnorms, affines)
 
 
-def compare_sizes(before: SizedModel, after: SizedModel) -> SizeComparison:
+def compare_sizes(before: OnnxSource, after: OnnxSource) -> SizeComparison:
     return SizeComparison(model_sizes(before), model_sizes(after))
 
 
-__all__ = ["ModelSizes", "SizeComparison", "as_ir", "compare_sizes", "model_sizes"]
+__all__ = ["ModelSizes", "SizeComparison", "compare_sizes", "model_sizes"]
