@@ -11,10 +11,12 @@ import onnx_ir as ir
 from bnfold.foldlog import AFFINE, BATCHNORM, FoldEntry, FoldLog, Outcome, Reason, Skip
 from bnfold.graph import NameFactory, iter_graphs, node_label
 from bnfold.rules import BACKWARD_RULES, FORWARD_RULES, Rule
-from bnfold.rules.affines import AffineChain, find_affine_chains
+from bnfold.rules.affines import AffineChain, find_affine_chains, refreshed
 from bnfold.rules.base import FoldContext, Folded
+from bnfold.settings import FoldSettings
 
 METADATA_KEY = "bnfold"
+ALL_FOLDS = FoldSettings()  # frozen, so one shared default is safe
 
 
 @dataclass
@@ -45,11 +47,16 @@ def _fold_chain(
     chain: AffineChain,
     backward: Sequence[Rule],
     forward: Sequence[Rule],
+    settings: FoldSettings,
 ) -> FoldEntry:
     """Prefer the layer before; the reason reported for a left BN is the backward one when
     a backward rule matched, since that is the fold the user expects first."""
     kind = BATCHNORM if chain.is_bn_like else AFFINE
     entry = FoldEntry(chain.label, chain.op_types, Outcome.LEFT, kind=kind)
+    if chain.is_bn_like and settings.kept_by(entry.name) is not None:
+        # No layer name in the detail: the Keras front end rewrites names it finds there.
+        entry.reason, entry.detail = Reason.KEPT_BY_USER, "a keep pattern matches it"
+        return entry
     if chain.skip is not None:
         entry.reason, entry.detail = chain.skip.reason, chain.skip.detail
         return entry
@@ -72,7 +79,11 @@ def _fold_chain(
 
 
 def _fold_graph(
-    graph: ir.Graph, names: NameFactory, backward: Sequence[Rule], forward: Sequence[Rule]
+    graph: ir.Graph,
+    names: NameFactory,
+    backward: Sequence[Rule],
+    forward: Sequence[Rule],
+    settings: FoldSettings,
 ) -> list[FoldEntry]:
     context = FoldContext(graph, names)
     folded: list[FoldEntry] = []
@@ -82,7 +93,10 @@ def _fold_graph(
         for chain in find_affine_chains(graph):
             if any(node.graph is not graph for node in chain.nodes):
                 continue  # removed by an earlier fold in this pass
-            entry = _fold_chain(context, chain, backward, forward)
+            current = refreshed(chain) if changed else chain
+            if current is None:
+                continue  # rewritten by an earlier fold in this pass: found again in the next
+            entry = _fold_chain(context, current, backward, forward, settings)
             if entry.folded:
                 folded.append(entry)
                 changed = True
@@ -118,19 +132,23 @@ def _drop_constants_made_dead(graph: ir.Graph, live_before: set[int]) -> None:
 def fold_model(
     model: ir.Model,
     *,
+    settings: FoldSettings = ALL_FOLDS,
     backward_rules: Sequence[Rule] = BACKWARD_RULES,
     forward_rules: Sequence[Rule] = FORWARD_RULES,
 ) -> FoldPass:
     """Fold every BN and BN-like affine the rules can take, in place, and log each one.
 
-    A model with nothing to fold comes back untouched (no metadata added, nothing dropped).
+    ``settings`` says which BNs stay (``keep``) and whether folds into the layers after a BN
+    are allowed (``forward``). A model with nothing to fold comes back untouched (no
+    metadata added, nothing dropped).
     """
     names = NameFactory(model)
     result = FoldPass(model)
     for graph in iter_graphs(model.graph):
         dead_before = _dead_initializer_names(graph)
         live_constants = _live_constants(graph)
-        entries = _fold_graph(graph, names, backward_rules, forward_rules)
+        forward = forward_rules if settings.forward else ()
+        entries = _fold_graph(graph, names, backward_rules, forward, settings)
         result.entries.extend(entries)
         if any(entry.folded for entry in entries):
             for name in _dead_initializer_names(graph) - dead_before:
@@ -154,4 +172,4 @@ def fold_model(
     return result
 
 
-__all__ = ["METADATA_KEY", "FoldPass", "fold_model"]
+__all__ = ["ALL_FOLDS", "METADATA_KEY", "FoldPass", "fold_model"]

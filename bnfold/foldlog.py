@@ -35,6 +35,7 @@ class Reason(str, enum.Enum):
     CHANNEL_MISMATCH = "channel_mismatch"
     UNPROVEN_LAYOUT = "unproven_layout"
     PADDING = "padding"
+    SHIFT_NOT_BIAS = "shift_not_bias"
     INVALID_PARAMS = "invalid_params"
     DTYPE_RANGE = "dtype_range"
     UNSUPPORTED_DTYPE = "unsupported_dtype"
@@ -42,6 +43,8 @@ class Reason(str, enum.Enum):
     CONSUMER_NOT_FOLDABLE = "consumer_not_foldable"
     NEGATIVE_SCALE = "negative_scale"
     NOT_COMMUTING = "not_commuting"
+    KEPT_BY_USER = "kept_by_user"  # matched a keep pattern (--keep, FoldSettings.keep)
+    REBUILD_FAILED = "rebuild_failed"
 
 
 @dataclass(frozen=True)

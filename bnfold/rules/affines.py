@@ -117,7 +117,11 @@ class AffineChain:
         for op in self.ops:
             assert op.affine is not None
             op_axis = op.axis_from_front
-            if op.axis_from_back is not None:
+            if op.affine.channels == 1:
+                # A one-channel op (BatchNorm1d(1) over [B, 1, N] after a Linear's bias Add
+                # on axis 2) acts alike on every element: it fixes no channel axis.
+                op_axis = None
+            elif op.axis_from_back is not None:
                 # Rank unknown: counted from the end (-1 is the last axis), which a layer with
                 # its channels last (MatMul, Gemm) matches whatever the rank.
                 op_axis = -op.axis_from_back if rank is None else rank - op.axis_from_back
@@ -279,3 +283,15 @@ def find_affine_chains(graph: ir.Graph) -> list[AffineChain]:
             chain.ops.append(op)
         chains.append(chain)
     return chains
+
+
+def refreshed(chain: AffineChain) -> AffineChain | None:
+    """``chain`` as its nodes read now: a fold earlier in the same pass may have rewritten one
+    of its constants (a forward fold into a MatMul merges ``t B`` into the MatMul's bias
+    ``Add``, which may start a chain), and folding the values seen when the chain was found
+    would be wrong. ``None`` when a node is no longer an affine."""
+    ops = [as_affine_op(op.node) for op in chain.ops]
+    if any(op is None for op in ops):
+        return None
+    return AffineChain([op for op in ops if op is not None])
+

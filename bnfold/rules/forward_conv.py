@@ -11,7 +11,13 @@ with a 1x1 effective kernel), or when ``t == 0``; otherwise left with ``Reason.P
 ConvTranspose, weight ``[in, out/g, k...]``: ``W' = W * s`` along axis 0 and output channel
 ``o = group*(out/g) + j`` gains ``sum_{i,k} W[i, j, k] * t[i]``. That sum reaches an output
 position only when it receives every kernel tap, which holds everywhere only for a 1x1 kernel
-with stride 1 (border positions and stride gaps get fewer taps), so otherwise ``t`` must be 0.
+with stride 1, so otherwise ``t`` must be 0. Two reasons tell the cases apart: with the
+(dilated) kernel equal to the stride on every axis and no ``output_padding``, every output
+position receives exactly one tap, ``sum_i W[i, j, k] * t[i]`` for its offset ``k`` in the
+stride: the shift becomes a pattern repeating with the stride, not a bias
+(``Reason.SHIFT_NOT_BIAS``). Otherwise some positions receive fewer taps than others (the
+zeros a transposed convolution pads and inserts between its inputs, which the shift never
+reaches: ``Reason.PADDING``).
 """
 
 from __future__ import annotations
@@ -125,12 +131,8 @@ class AffineThenConvTranspose(ForwardTarget):
         parameters = weight_and_bias(node)
         assert not isinstance(parameters, Skip)
         weight, bias = parameters
-        if not affine.has_zero_shift and (uneven := self._uneven_taps(node, weight)):
-            return Skip(
-                Reason.PADDING,
-                f"{node_label(node)}: {uneven}, so output positions receive different numbers "
-                "of kernel taps and the BN shift cannot become a bias",
-            )
+        if not affine.has_zero_shift and (uneven := self._shift_skip(node, weight)):
+            return uneven
         new_weight, new_bias = fold_before_transposed(
             weight, bias, affine, int_attr(node, "group", 1)
         )
@@ -143,19 +145,36 @@ class AffineThenConvTranspose(ForwardTarget):
         )
 
     @staticmethod
-    def _uneven_taps(node: ir.Node, weight: npt.NDArray[np.generic]) -> str | None:
+    def _shift_skip(node: ir.Node, weight: npt.NDArray[np.generic]) -> Skip | None:
+        """Why the shift cannot become a per-channel bias, or ``None`` when it can."""
+        label = node_label(node)
         kernel = list(weight.shape[2:])
-        if any(k != 1 for k in kernel):
-            return f"kernel {kernel}"
-        strides = ints_attr(node, "strides") or []
-        if any(stride != 1 for stride in strides):
-            return f"strides {strides}"
-        if "output_shape" in node.attributes:
-            return "output_shape is set"
+        extent = _kernel_extent(node, weight)
+        strides = ints_attr(node, "strides") or [1] * len(kernel)
         output_padding = ints_attr(node, "output_padding") or []
-        if any(pad != 0 for pad in output_padding):
-            return f"output_padding {output_padding}"
-        return None
+        padded = "output_shape" in node.attributes or any(pad != 0 for pad in output_padding)
+        if extent == strides and not padded:
+            if all(stride == 1 for stride in strides):
+                return None
+            return Skip(
+                Reason.SHIFT_NOT_BIAS,
+                f"{label}: kernel {kernel} = strides {strides}, so each output position "
+                f"receives one kernel tap and the BN shift becomes a pattern repeating every "
+                f"{strides} positions, not a per-channel bias",
+            )
+        if "output_shape" in node.attributes:
+            why = "output_shape is set"
+        elif padded:
+            why = f"output_padding {output_padding}"
+        elif any(size != 1 for size in kernel):
+            why = f"kernel {kernel} with strides {strides}"
+        else:
+            why = f"strides {strides}"
+        return Skip(
+            Reason.PADDING,
+            f"{label}: {why}, so output positions receive different numbers of kernel taps "
+            "(zeros the BN shift never reaches) and the shift cannot become a bias",
+        )
 
 
 __all__ = ["AffineThenConv", "AffineThenConvTranspose", "conv_padding"]

@@ -133,13 +133,53 @@ def test_batchnorm_then_pointwise_conv_transpose_folds(rng, groups):
 
 
 @pytest.mark.parametrize(
-    "attrs", [{"kernel": 3}, {"kernel": 1, "strides": [2, 2]}, {"kernel": 2, "strides": [2, 2]}]
+    ("attrs", "reason", "said"),
+    [
+        ({"kernel": 3}, Reason.PADDING, "kernel [3, 3] with strides [1, 1]"),
+        ({"kernel": 1, "strides": [2, 2]}, Reason.PADDING, "strides [2, 2]"),
+        (
+            {"kernel": 2, "strides": [2, 2], "output_padding": [1, 1]},
+            Reason.PADDING,
+            "output_padding [1, 1]",
+        ),
+        ({"kernel": 2, "strides": [2, 2]}, Reason.SHIFT_NOT_BIAS, "repeating every [2, 2]"),
+        (
+            {"kernel": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            Reason.SHIFT_NOT_BIAS,
+            "kernel [2, 2] = strides [2, 2]",
+        ),
+    ],
 )
-def test_conv_transpose_with_uneven_taps_is_left(rng, attrs):
-    """Border positions and stride gaps receive fewer taps: t cannot become a bias."""
+def test_conv_transpose_with_uneven_taps_is_left(rng, attrs, reason, said):
+    """Border positions and stride gaps receive fewer taps (``padding``); with kernel = stride
+    every position receives one tap, a different one by its offset (``shift_not_bias``)."""
     model = bn_conv_transpose_model(rng, **attrs)
     result, check, folded = fold_and_compare(model)
-    assert result.entries[0].reason is Reason.PADDING
+    [entry] = result.entries
+    assert entry.reason is reason
+    assert said in entry.detail
+    assert graph_signature(folded) == graph_signature(model)
+    assert check.max_abs == 0.0
+
+
+def test_eeg_batchnorm_before_conv_transpose_with_kernel_equal_to_stride(rng):
+    """The EEG detector's upsampling: BN -> ConvTranspose1d(kernel 4, stride 4, no padding).
+    The shift reaches output position p as ``sum_i W[i, j, p % 4] * t[i]``: a pattern with the
+    stride's period, which no per-channel bias can hold."""
+    inits = {
+        "w": rng.normal(size=(4, 3, 4)).astype(np.float32),
+        "b": rng.normal(size=3).astype(np.float32),
+        **batchnorm_params(rng, 4),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        batchnorm_node("r", "n"),
+        helper.make_node("ConvTranspose", ["n", "w", "b"], ["y"], name="up", strides=[4]),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["N", 4, "T"])], ["y"], inits, opset=17)
+    result, check, folded = fold_and_compare(model, dims={"T": 6})
+    [entry] = result.entries
+    assert (entry.outcome, entry.reason) == (Outcome.LEFT, Reason.SHIFT_NOT_BIAS)
     assert graph_signature(folded) == graph_signature(model)
     assert check.max_abs == 0.0
 

@@ -2,10 +2,12 @@
 
     B' = B * s along axis 0 (K)        bias' = bias + t B    (t summed through B over K)
 
-The bias is the constant of the ``Add`` that is the MatMul's only reader (tf2onnx's Dense)
-when there is one; otherwise a new ``Add(t B)`` follows the MatMul (none when ``t == 0``).
-A MatMul whose output starts another affine chain is folded after that chain: changing the
-chain's constants now would make the engine fold stale values later in the same pass.
+The bias is the constant of the ``Add`` that is the MatMul's only reader (tf2onnx's Dense,
+PaddleOCR's ``MatMul -> Add``) when there is one, whatever the rank (unknown in exported
+recognisers): ``t B`` has the MatMul's last axis, which the Add's output has already;
+otherwise a new ``Add(t B)`` follows the MatMul (none when ``t == 0``). That bias ``Add`` may
+start another affine chain (a BN after the Dense): the engine reads a chain's constants again
+after a fold in the same pass, so the chain folds later with the merged bias.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from bnfold.graph import (
     set_constant_input,
     sole_consumer,
 )
-from bnfold.rules.affines import as_affine_op
 from bnfold.rules.base import FoldContext, cast_like, constant_weight, weight_dtype_skip
 from bnfold.rules.forward import Apply, ForwardLayer, ForwardTarget
 
 
 def _bias_add(node: ir.Node, columns: int) -> tuple[ir.Node, int] | None:
     """The ``Add`` by a constant along the last axis that is the MatMul's sole reader, with
-    the index of its constant input, when its result feeds no further affine op."""
+    the index of its constant input."""
     add = sole_consumer(node.outputs[0])
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
         return None
@@ -42,12 +43,9 @@ def _bias_add(node: ir.Node, columns: int) -> tuple[ir.Node, int] | None:
     if const is None or not np.issubdtype(const.dtype, np.floating):
         return None
     rank = rank_of(node.outputs[0])
-    if rank is None or const.ndim > rank or any(size != 1 for size in const.shape[:-1]):
+    if (rank is not None and const.ndim > rank) or any(size != 1 for size in const.shape[:-1]):
         return None
     if const.ndim and const.shape[-1] not in (1, columns):
-        return None
-    follower = sole_consumer(add.outputs[0])
-    if follower is not None and as_affine_op(follower) is not None:
         return None
     return add, const_index
 
@@ -104,13 +102,6 @@ class AffineThenMatMul(ForwardTarget):
             )
         columns = weight.shape[1]
         existing = _bias_add(node, columns)
-        if existing is None and any(
-            as_affine_op(use.node) is not None for use in node.outputs[0].uses()
-        ):
-            return Skip(
-                Reason.CONSUMER_NOT_FOLDABLE,
-                f"the output of {label} feeds another affine, to be folded first",
-            )
         if existing is not None:
             add, index = existing
             const = constant_array(add.inputs[index])

@@ -193,3 +193,83 @@ def test_matmul_refusals(rng, case):
     assert result.entries[0].reason is expected
     assert graph_signature(folded) == graph_signature(model)
     assert check.max_abs == 0.0
+
+
+def _layer_norm_then_linear(rng, *, infer_shapes: bool):
+    """PaddleOCR's LayerNorm written out as ops, its scale ``Mul`` and shift ``Add`` on the
+    last axis, then the Linear as ``MatMul`` and its bias ``Add``; exported recognisers leave
+    the shapes unknown past the input (``infer_shapes=False``)."""
+    channels, features = 8, 6
+    inits = {
+        "axes": np.array([-1], np.int64),
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "gamma": rng.uniform(0.5, 2, channels).astype(np.float32),
+        "beta": rng.normal(size=channels).astype(np.float32),
+        "w": rng.normal(size=(channels, features)).astype(np.float32),
+        "b": rng.normal(size=features).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["mu"], name="mean"),
+        helper.make_node("Sub", ["x", "mu"], ["xc"], name="center"),
+        helper.make_node("Pow", ["xc", "two"], ["sq"], name="square"),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["var"], name="variance"),
+        helper.make_node("Add", ["var", "eps"], ["ve"], name="var_eps"),
+        helper.make_node("Sqrt", ["ve"], ["sd"], name="std"),
+        helper.make_node("Div", ["xc", "sd"], ["xn"], name="normalise"),
+        helper.make_node("Mul", ["xn", "gamma"], ["xs"], name="p2o.Mul.1"),
+        helper.make_node("Add", ["xs", "beta"], ["xb"], name="p2o.Add.1"),
+        helper.make_node("MatMul", ["xb", "w"], ["mm"], name="p2o.MatMul.0"),
+        helper.make_node("Add", ["mm", "b"], ["y"], name="p2o.Add.2"),
+    ]
+    inputs = [("x", FLOAT, ["N", "T", channels])]
+    outputs = [("y", FLOAT, ["N", "T", features])]
+    return make_model(nodes, inputs, outputs, inits, opset=18, infer_shapes=infer_shapes)
+
+
+@pytest.mark.parametrize("infer_shapes", [True, False])
+def test_layer_norm_scale_and_shift_fold_into_matmul_and_its_bias(rng, infer_shapes):
+    """The MatMul and its bias Add are one linear layer: ``t B`` joins the bias, whatever the
+    rank (before: left ``consumer_not_foldable``, waiting for the bias Add to fold first)."""
+    model = _layer_norm_then_linear(rng, infer_shapes=infer_shapes)
+    result, check, folded = fold_and_compare(model, dims={"N": 2, "T": 3})
+    [entry] = result.entries
+    assert (entry.name, entry.ops) == ("p2o.Mul.1", ["Mul", "Add"])
+    assert (entry.outcome, entry.target) == (Outcome.FOLDED_INTO_NEXT, ["p2o.MatMul.0"])
+    assert op_types(folded)[-3:] == ["Div", "MatMul", "Add"]
+    assert check.max_rel <= 1e-5
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_batchnorm_matmul_batchnorm_fold_both(rng, with_bias):
+    """A BN before and a BN after one MatMul: the first joins the bias (or a new Add), the
+    chain after is read again and folds backward with that bias in the next pass."""
+    inits = {
+        "w": rng.normal(size=(4, 6)).astype(np.float32),
+        **batchnorm_params(rng, 4, "bn1"),
+        "s2": rng.uniform(0.5, 2, 6).astype(np.float32),
+        "t2": rng.normal(size=6).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        batchnorm_node("r", "n", "bn1"),
+        helper.make_node("MatMul", ["n", "w"], ["mm"], name="dense"),
+    ]
+    after = "mm"
+    if with_bias:
+        inits["b"] = rng.normal(size=6).astype(np.float32)
+        nodes.append(helper.make_node("Add", ["mm", "b"], ["biased"], name="dense_bias"))
+        after = "biased"
+    nodes += [
+        helper.make_node("Mul", [after, "s2"], ["m2"], name="bn2_mul"),
+        helper.make_node("Add", ["m2", "t2"], ["y"], name="bn2_add"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["N", 4])], ["y"], inits)
+    result, check, folded = fold_and_compare(model)
+    outcomes = {entry.name: (entry.outcome, entry.target) for entry in result.entries}
+    assert outcomes == {
+        "bn1": (Outcome.FOLDED_INTO_NEXT, ["dense"]),
+        "bn2_mul": (Outcome.FOLDED_INTO_PREVIOUS, ["dense"]),
+    }
+    assert op_types(folded) == ["Relu", "MatMul", "Add"]
+    assert check.max_rel <= 1e-5

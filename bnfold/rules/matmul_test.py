@@ -130,3 +130,39 @@ def test_reshape_that_mixes_channels_is_left(rng):
     result, check, _ = fold_and_compare(model)
     assert result.entries[0].reason is Reason.UNPROVEN_LAYOUT
     assert check.max_abs == 0.0
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_one_channel_batchnorm_after_linear_folds_as_a_scalar(rng, with_bias):
+    """PyTorch's ``fuse_linear_bn_eval`` accepts ``num_features == 1``: ``Linear`` on
+    ``[B, 1, K]`` then ``BatchNorm1d(1)`` normalises axis 1, of size 1, so it scales and
+    shifts every output alike (the Linear's bias Add acts on axis 2)."""
+    inits = {"w": rng.normal(size=(5, 6)).astype(np.float32), **batchnorm_params(rng, 1)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="linear")]
+    if with_bias:
+        inits["b"] = rng.normal(size=6).astype(np.float32)
+        nodes.append(helper.make_node("Add", ["mm", "b"], ["lin"], name="linear_bias"))
+    nodes.append(batchnorm_node("lin" if with_bias else "mm", "y"))
+    model = make_model(nodes, [("x", FLOAT, ["B", 1, 5])], ["y"], inits)
+    result, check, folded = fold_and_compare(model)
+    [entry] = result.entries
+    assert (entry.outcome, entry.target) == (Outcome.FOLDED_INTO_PREVIOUS, ["linear"])
+    assert op_types(folded) == ["MatMul", "Add"]
+    assert check.max_rel <= 1e-5
+
+
+def test_one_channel_batchnorm_after_gemm_folds(rng):
+    inits = {
+        "w": rng.normal(size=(1, 5)).astype(np.float32),
+        "b": rng.normal(size=1).astype(np.float32),
+        **batchnorm_params(rng, 1),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="linear", transB=1),
+        batchnorm_node("g", "y"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["B", 5])], ["y"], inits)
+    result, check, folded = fold_and_compare(model)
+    assert result.entries[0].outcome is Outcome.FOLDED_INTO_PREVIOUS
+    assert op_types(folded) == ["Gemm"]
+    assert check.max_rel <= 1e-5
