@@ -1,8 +1,8 @@
-"""How a check and a benchmark run: every default is written here, once.
+"""How a fold, a check and a benchmark run: every default is written here, once.
 
-The command line builds one ``CheckSettings`` and one ``BenchSettings`` from its options and
-passes them down whole; the library takes the same objects. Standard library only, so the
-command line can read the defaults for ``--help`` without importing numpy or onnxruntime.
+The command line builds one ``FoldSettings``, ``CheckSettings`` and ``BenchSettings`` from its
+options and passes them down whole; the library takes the same objects. Standard library only,
+so the command line can read the defaults for ``--help`` without importing numpy or onnxruntime.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 # Arrays by input name, or an .npz file holding them.
@@ -21,6 +22,25 @@ LEVEL_CHOICES: dict[str, tuple[str, ...]] = {
     "disable": ("disable",),
     "both": ("all", "disable"),
 }
+
+
+@dataclass(frozen=True)
+class FoldSettings:
+    """What may fold: ``keep`` holds glob patterns (``fnmatch``, case-sensitive) on a BN's
+    name or path as the log prints it (``bn1``, ``base/*`` for a whole nested Keras model);
+    a BN they match is left in place with reason ``kept_by_user``. ``forward=False`` allows
+    only folds into the layer before a BN, never into the layers after it."""
+
+    keep: tuple[str, ...] = ()
+    forward: bool = True
+
+    def kept_by(self, name: str) -> str | None:
+        """The first ``keep`` pattern that matches ``name``, or ``None``."""
+        return next((pattern for pattern in self.keep if fnmatchcase(name, pattern)), None)
+
+    def unmatched(self, names: list[str]) -> list[str]:
+        """The ``keep`` patterns that match none of ``names`` (a usage error: a typo)."""
+        return [p for p in self.keep if not any(fnmatchcase(name, p) for name in names)]
 
 
 @dataclass(frozen=True)
@@ -63,4 +83,4 @@ class BenchSettings:
     seed: int = 0
 
 
-__all__ = ["LEVEL_CHOICES", "BenchSettings", "CheckSettings", "Inputs"]
+__all__ = ["LEVEL_CHOICES", "BenchSettings", "CheckSettings", "FoldSettings", "Inputs"]
