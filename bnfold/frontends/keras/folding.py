@@ -6,15 +6,13 @@ input, named by its path (``base/bn_Conv1``)."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.errors import InputError
 from bnfold.fold import fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
 from bnfold.frontends.keras.emit import LINEAR_LAYERS
@@ -29,16 +27,9 @@ from bnfold.frontends.keras.lowering import (
 )
 from bnfold.frontends.keras.read_back import read_back
 from bnfold.frontends.keras.runtime import first_line
-from bnfold.frontends.keras.wiring import ModelGraph, mutable_copy
+from bnfold.frontends.keras.write_back import RewriteError, Rewrites, apply_rewrites
 
-
-@dataclass
-class _Rewrites:
-    """What the fold changed, in Keras terms."""
-
-    weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    gained_bias: set[str] = field(default_factory=set)
-    dropped: list[LayerRecord] = field(default_factory=list)
+_LOG = logging.getLogger("bnfold")
 
 
 def _keras_paths(lowered: Lowered, labels: list[str], linear_only: bool) -> list[str]:
@@ -158,8 +149,8 @@ def _log(lowered: Lowered, core_entries: list[FoldEntry], model: Any) -> list[Fo
     return entries
 
 
-def _rewrites(lowered: Lowered) -> _Rewrites:
-    changes = _Rewrites()
+def _rewrites(lowered: Lowered) -> Rewrites:
+    changes = Rewrites()
     for record in lowered.records.values():
         if record.is_batchnorm and "" in record.nodes and record.nodes[""].graph is None:
             changes.dropped.append(record)
@@ -180,82 +171,6 @@ def _rewrites(lowered: Lowered) -> _Rewrites:
     return changes
 
 
-class _Configs:
-    """The model's config and the wiring of each (nested) model in it, by path."""
-
-    def __init__(self, model: Any) -> None:
-        self.config = mutable_copy(model.get_config())
-        self.graphs = {"": ModelGraph(self.config, sequential=_is_sequential(model))}
-
-    def graph(self, owner: str) -> ModelGraph:
-        if owner not in self.graphs:
-            parent, _, name = owner.rpartition("/")
-            layer = self.graph(parent).layers[name]
-            sequential = layer.class_name == "Sequential"
-            self.graphs[owner] = ModelGraph(layer.layer_config, sequential=sequential)
-        return self.graphs[owner]
-
-    def layer_config(self, path: str) -> dict[str, Any]:
-        owner, _, name = path.rpartition("/")
-        config = self.graph(owner).layers[name].layer_config
-        inner = config.get("layer")  # TimeDistributed
-        return inner["config"] if isinstance(inner, dict) and "config" in inner else config
-
-
-def _is_sequential(model: Any) -> bool:
-    return type(model).__name__ == "Sequential"
-
-
-def _apply(model: Any, changes: _Rewrites) -> tuple[Any, dict[str, str]]:
-    """The folded model, rebuilt from the rewired config with the new weights."""
-    configs = _Configs(model)
-    for path in changes.gained_bias:
-        configs.layer_config(path)["use_bias"] = True
-    renames: dict[str, str] = {}
-    for record in changes.dropped:
-        source = configs.graph(record.owner).drop(record.name)
-        if source is not None and record.owner == "" and source in configs.graphs[""].layers:
-            renames[source] = record.name  # the output keeps its name
-    root = configs.graphs[""]
-    for old, new in renames.items():
-        root.rename(old, new)
-    try:
-        rebuilt = _rebuild(model, configs.config)
-    except Exception as error:
-        raise InputError(f"Keras cannot rebuild the folded model: {first_line(error)}") from error
-    _copy_weights(model, rebuilt, changes)
-    return rebuilt, renames
-
-
-def _copy_weights(model: Any, rebuilt: Any, changes: _Rewrites) -> None:
-    """Each rebuilt layer gets the folded weights of its original, or the original's own.
-    Layers are paired by position (the rebuilt model lists the original's layers in order,
-    less the BNs dropped): a renamed output layer, or a custom layer Keras renames on
-    rebuilding, still finds its original."""
-    dropped = {record.path for record in changes.dropped}
-    before = [(p, layer) for p, layer in all_layers(model) if p not in dropped]
-    after = list(all_layers(rebuilt))
-    if len(before) != len(after):
-        raise InputError(
-            f"Keras rebuilt the folded model with {len(after)} layers, expected {len(before)}"
-        )
-    for (path, layer), (_, new_layer) in zip(before, after, strict=True):
-        if not is_model(layer):
-            weights = changes.weights.get(path)
-            new_layer.set_weights(weights if weights is not None else layer.get_weights())
-
-
-def _rebuild(model: Any, config: dict[str, Any]) -> Any:
-    scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if any(type(layer).__name__ == "Lambda" for _, layer in all_layers(model)):
-        # The model is in memory already (the user allowed its code): no new code runs.
-        from keras.src.saving.serialization_lib import SafeModeScope
-
-        scope = SafeModeScope(False)
-    with scope:
-        return type(model).from_config(config)
-
-
 def _unwalkable(model: Any, why: str) -> tuple[Any, list[FoldEntry]]:
     entries = [
         FoldEntry(
@@ -272,22 +187,9 @@ def _unwalkable(model: Any, why: str) -> tuple[Any, list[FoldEntry]]:
     return model, entries
 
 
-def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
-    """A new Keras model with every BN the fold core can fold folded (into the layer before
-    it, or into every layer after it), and one entry per BN layer. The model's inputs and
-    outputs keep their names."""
-    try:
-        config_ok = isinstance(model.get_config(), dict) and "layers" in model.get_config()
-    except NotImplementedError:
-        config_ok = False
-    if not config_ok:
-        return _unwalkable(
-            model, "the model is a subclassed keras.Model, which bnfold cannot rebuild"
-        )
-    try:
-        lowered = lower_model(model)
-    except (ValueError, AttributeError, IndexError) as error:
-        return _unwalkable(model, f"bnfold cannot follow the model's graph: {first_line(error)}")
+def _decide(model: Any) -> tuple[list[FoldEntry], Rewrites]:
+    """The log and the Keras rewrites of the fold core's decisions (nothing is rebuilt)."""
+    lowered = lower_model(model)
     result = fold_model(ir.Model(lowered.graph, ir_version=10))
     entries = _log(lowered, result.entries, model)
     changes = _rewrites(lowered)
@@ -296,9 +198,52 @@ def fold_keras_model(model: Any) -> tuple[Any, list[FoldEntry]]:
         if gained and entry.folded:
             note = "; ".join(f"'{t}' gained a bias" for t in gained)
             entry.detail = f"{entry.detail}; {note}" if entry.detail else note
-    if not changes.dropped and not changes.weights:
+    return entries, changes
+
+
+def _not_rewritten(entries: list[FoldEntry], why: str) -> list[FoldEntry]:
+    """The log of a model handed back unchanged: each BN the core would have folded is left
+    with ``why`` (an ONNX output's own pass may still fold it)."""
+    for entry in entries:
+        if entry.folded:
+            entry.outcome, entry.target, entry.via = Outcome.LEFT, [], []
+            entry.reason, entry.detail = Reason.REBUILD_FAILED, why
+    return entries
+
+
+def _subclassed(model: Any) -> bool:
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        return True
+    return not (isinstance(config, dict) and "layers" in config)
+
+
+def fold_keras_model(model: Any, *, rebuild: bool = True) -> tuple[Any, list[FoldEntry]]:
+    """A new Keras model with every BN the fold core can fold folded (into the layer before
+    it, or into every layer after it), and one entry per BN layer. The model's inputs and
+    outputs keep their names. ``rebuild=False`` only decides: the model comes back as it
+    is, with the log of what a rebuild would do (``bnfold inspect``).
+
+    The Keras-level rewrite is an optimisation: a model bnfold cannot walk or Keras cannot
+    rebuild comes back unchanged, each BN left with the reason, and ``model`` is never
+    changed; an ONNX output's own pass then folds what the conversion lets it."""
+    if _subclassed(model):
+        return _unwalkable(
+            model, "the model is a subclassed keras.Model, which bnfold cannot rebuild"
+        )
+    try:
+        entries, changes = _decide(model)
+    except Exception as error:  # a layer Keras describes in a way bnfold did not expect
+        _LOG.debug("Keras model not walkable", exc_info=True)
+        return _unwalkable(model, f"bnfold cannot follow the model's graph: {first_line(error)}")
+    if not rebuild or (not changes.dropped and not changes.weights):
         return model, entries  # nothing to rebuild (a custom class may not even rebuild)
-    folded, renames = _apply(model, changes)
+    try:
+        folded, renames = apply_rewrites(model, changes)
+    except RewriteError as error:
+        _LOG.debug("Keras rewrite not applied", exc_info=True)
+        return model, _not_rewritten(entries, str(error))
     for entry in entries:
         producer = next((old for old, new in renames.items() if new == entry.name), None)
         if producer is not None:
