@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from bnfold.errors import CheckFailedError, InputError, UsageError
+from bnfold.foldlog import BATCHNORM, FoldEntry
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
-from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
-from bnfold.settings import BenchSettings, CheckSettings
+from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison, WeightRange
+from bnfold.settings import BenchSettings, CheckSettings, FoldSettings
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 ONNX_SUFFIXES = (".onnx",)
@@ -32,6 +33,7 @@ PathLike = str | os.PathLike[str]
 DEFAULT_CHECK = CheckSettings()
 DEFAULT_LOAD = LoadSettings()
 DEFAULT_BENCH = BenchSettings()
+DEFAULT_FOLD = FoldSettings()
 BENCH_CHECK = CheckSettings(float64=True)  # a benchmark's report shows the float64 columns
 
 
@@ -218,6 +220,7 @@ class _Run:
     bench: BenchSettings | None
     sizes: bool
     progress: Progress | None
+    fold: FoldSettings = DEFAULT_FOLD
 
     def execute(self) -> FoldResult:
         seconds: dict[str, float] = {}
@@ -230,15 +233,20 @@ class _Run:
         baseline = _unfolded_onnx(frontend, original, self.load) if wants_baseline else None
         reference = _Reference(frontend, original, self.check, baseline) if self.check else None
         started = _stage(seconds, "check", started) if reference else started
+        snapshot = _weight_snapshot(frontend, original)
         with _sizes_for_proofs(frontend, original, reference):
-            outcome = frontend.fold(original)
+            outcome = frontend.fold(original, self.fold)
+        ranges = _weight_ranges(snapshot, outcome)
         started = _stage(seconds, "fold", started)
         writer = _writer(frontend, self.output)
         if writer is not frontend:
-            converted = frontend.to_onnx(outcome, self.load)
+            converted = frontend.to_onnx(outcome, self.load, self.fold)
             started = _stage(seconds, "convert", started)
             outcome = converted
+        _check_keep_patterns(self.fold, outcome.entries, self.source)
         result = FoldResult(outcome.model, outcome.entries, seconds=seconds)
+        if ranges is not None:
+            result.weight_ranges, result.weight_range_warning = ranges
         result.loaded_with = frontend.describe(original)
         if reference is not None:
             result.check = reference.compare(lambda feeds: writer.run(outcome.model, feeds))
@@ -264,6 +272,36 @@ class _Run:
         _save(writer, outcome.model, self.output)
         result.output = str(self.output)
         _stage(result.seconds, "write", started)
+
+
+def _weight_snapshot(frontend: Frontend, model: Any) -> Any:
+    """Each ONNX layer's weight range before the fold (it folds in place). A Keras fold
+    rewrites Keras layers, which are not measured yet."""
+    if frontend.name != "onnx":
+        return None
+    from bnfold.layer_weights import WeightSnapshot
+
+    return WeightSnapshot(model)
+
+
+def _weight_ranges(snapshot: Any, outcome: FoldOutcome) -> tuple[list[WeightRange], str] | None:
+    if snapshot is None:
+        return None
+    from bnfold.layer_weights import range_report
+
+    return range_report(snapshot, outcome.model, outcome.entries)
+
+
+def _check_keep_patterns(settings: FoldSettings, entries: list[FoldEntry], source: Any) -> None:
+    """A keep pattern that matches no BN is a typo, not a wish: a usage error naming it."""
+    names = [entry.name for entry in entries if entry.kind == BATCHNORM]
+    unmatched = settings.unmatched(names)
+    if unmatched:
+        examples = ", ".join(names[:3]) if names else "none found"
+        raise UsageError(
+            f"--keep {unmatched[0]!r} matches no BN in {_label(source)} "
+            f"(BNs are named as the log prints them: {examples})"
+        )
 
 
 def _failed(check: CheckResult | None) -> bool:
@@ -300,6 +338,7 @@ def fold(
     sizes: bool = False,
     overwrite_input: bool = False,
     progress: Progress | None = None,
+    fold: FoldSettings = DEFAULT_FOLD,
 ) -> FoldResult:
     """Fold every BN ``model`` allows, check the result against the original, write ``output``.
 
@@ -309,17 +348,21 @@ def fold(
     (otherwise ``CheckFailedError`` carries the result), and never over the input unless
     ``overwrite_input``. ``check`` says how the original (onnxruntime with optimisations
     disabled, or Keras) and the folded model are compared; ``None`` skips the check. ``load``
-    says how files are read. ``sizes`` counts nodes and weights before and after, ``bench``
+    says how files are read, ``fold`` which BNs stay (``keep`` patterns, a usage error when
+    one matches no BN) and whether folds into the next layer are allowed. ``sizes`` counts nodes and weights before and after, ``bench``
     also times both models in onnxruntime (``progress`` gets 1 per timed pair); both need ONNX
     output, and a Keras input is then timed as its unfolded conversion.
     """
     _validate_output(model, output, overwrite_input)
-    return _Run(model, output, check, load, bench, sizes, progress).execute()
+    return _Run(model, output, check, load, bench, sizes, progress, fold).execute()
 
 
-def inspect(model: Any, *, load: LoadSettings = DEFAULT_LOAD) -> FoldResult:
-    """The fold log of ``model`` without checking or writing anything."""
-    return fold(model, check=None, load=load)
+def inspect(
+    model: Any, *, load: LoadSettings = DEFAULT_LOAD, fold: FoldSettings = DEFAULT_FOLD
+) -> FoldResult:
+    """The fold log of ``model`` without checking or writing anything, as ``fold`` (the
+    settings) allows; a BN logged as folded is one that could still fold."""
+    return _Run(model, None, None, load, None, False, None, fold).execute()
 
 
 def _compare(

@@ -26,7 +26,7 @@ import click
 
 from bnfold._version import __version__
 from bnfold.errors import BnfoldError, CheckFailedError
-from bnfold.settings import LEVEL_CHOICES, BenchSettings, CheckSettings
+from bnfold.settings import LEVEL_CHOICES, BenchSettings, CheckSettings, FoldSettings
 
 INTERNAL_ERROR_EXIT = 5
 USAGE_EXIT = 2
@@ -75,6 +75,14 @@ def _report_path(ctx: click.Context, param: click.Parameter, value: str | None) 
     if value is not None and Path(value).suffix.lower() not in REPORT_SUFFIXES:
         raise click.BadParameter(f"{value!r} must end in .json, .md or .html", ctx, param)
     return value
+
+
+def _keep_patterns(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    if any(not value.strip() for value in values):
+        raise click.BadParameter("a keep pattern cannot be empty", ctx, param)
+    return values
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -165,6 +173,21 @@ samples_option = click.option(
     help="Seeded random input sets compared; more than 1 also adds the float64 reference "
     "and top-1 columns.",
 )
+fold_options = [
+    click.option(
+        "--keep",
+        multiple=True,
+        metavar="PATTERN",
+        callback=_keep_patterns,
+        help="Leave the BNs whose name or path, as the log prints it, matches this glob "
+        "('bn_out', 'base/*'); repeatable. A pattern matching no BN is an error.",
+    ),
+    click.option(
+        "--no-forward",
+        is_flag=True,
+        help="Fold only into the layer before a BN, never into the layers after it.",
+    ),
+]
 bench_options = [
     click.option(
         "--runs",
@@ -224,6 +247,7 @@ def cli() -> None:
     \b
       bnfold MODEL -o OUT          fold, check equivalence, write OUT if it passes
       bnfold inspect MODEL         list every BN: folded into what, or why not
+        --fail-if-foldable         exit 1 if any could still fold (a CI gate)
       bnfold check A B             compare two models on the same inputs
       bnfold bench MODEL [FOLDED]  latency before and after, measured interleaved
 
@@ -280,6 +304,7 @@ def _same_file(first: str, second: str) -> bool:
     help="Where to write the folded model: .onnx, or .keras/.h5 for Keras input.",
 )
 @click.option("--no-check", is_flag=True, help="Skip the equivalence check (not recommended).")
+@with_options(fold_options)
 @with_options(tolerance_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--opset", type=int, default=None, help="ONNX opset for Keras to ONNX conversion.")
@@ -298,6 +323,8 @@ def fold_command(
     model: str,
     output: str,
     no_check: bool,
+    keep: tuple[str, ...],
+    no_forward: bool,
     atol: float | None,
     rtol: float | None,
     inputs_path: str | None,
@@ -346,6 +373,7 @@ def fold_command(
                 sizes=measured,
                 overwrite_input=overwrite_input,
                 progress=progress,
+                fold=FoldSettings(keep, forward=not no_forward),
             )
         except CheckFailedError as error:
             if error.result is not None:
@@ -362,17 +390,44 @@ def fold_command(
 @click.argument("model", type=click.Path())  # a SavedModel is a directory
 @click.option("--json", "as_json", is_flag=True, help="Print the log as JSON on stdout.")
 @click.option("--allow-unsafe", is_flag=True, help="Let Keras deserialise custom code.")
+@with_options(fold_options)
+@click.option(
+    "--fail-if-foldable",
+    is_flag=True,
+    help="Exit 1 when any BN or BN-like affine could still fold (a CI gate), naming them.",
+)
 @debug_option
-def inspect_command(model: str, as_json: bool, allow_unsafe: bool, debug: bool) -> None:
-    """List every BN in MODEL: folded into what, or left and why. Writes nothing."""
+def inspect_command(
+    model: str,
+    as_json: bool,
+    allow_unsafe: bool,
+    keep: tuple[str, ...],
+    no_forward: bool,
+    fail_if_foldable: bool,
+    debug: bool,
+) -> None:
+    """List every BN in MODEL: folded into what, or left and why. Writes nothing.
+
+    With --fail-if-foldable, exits 1 when any BN could still fold: is MODEL folded already?"""
+    settings = FoldSettings(keep, forward=not no_forward)
 
     def action() -> None:
         from bnfold import api, report
 
-        result = api.inspect(model, load=_load_settings(allow_unsafe))
+        result = api.inspect(model, load=_load_settings(allow_unsafe), fold=settings)
         _show(report.result_document(result, source=model, command="inspect"), as_json, None)
+        if fail_if_foldable:
+            _fail_if_foldable(result)
 
     _run(debug, as_json, action)
+
+
+def _fail_if_foldable(result: Any) -> None:
+    """The CI gate: a BN the log shows as folded is one the model still holds."""
+    foldable = [entry.name for entry in result.folded if entry.kind == "batchnorm"]
+    if foldable:
+        click.echo(f"bnfold: {len(foldable)} BN could still fold: {', '.join(foldable)}", err=True)
+        sys.exit(1)
 
 
 @cli.command("check")

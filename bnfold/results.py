@@ -201,6 +201,31 @@ class LatencyResult:
         }
 
 
+# --------------------------------------------------------------------------- weight ranges
+
+
+@dataclass(frozen=True)
+class WeightRange:
+    """What a fold did to one layer's weight, for int8 quantization (bnfold/weight_ranges.py):
+    ``before_max``/``after_max`` are max|W| of the whole tensor (the per-tensor range) and
+    ``growth`` their ratio; ``spread_before``/``spread_after`` the largest per-output-channel
+    max|W| over the median one; ``flagged`` when per-tensor int8 would lose precision
+    (growth past 8x or spread after past 16x)."""
+
+    layer: str
+    op: str
+    channels: int
+    before_max: float
+    after_max: float
+    growth: float
+    spread_before: float
+    spread_after: float
+    flagged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # --------------------------------------------------------------------------- run records
 
 
@@ -224,6 +249,10 @@ class FoldResult(FoldLog):
     sizes: SizeComparison | None = None
     latency: LatencyResult | None = None
     loaded_with: str = ""  # how the front end read the input ("Keras 2 .h5, ... tf_keras")
+    # One row per layer whose weight the fold changed (None: not measured, a Keras fold), and
+    # the one line that warns when per-tensor int8 would lose precision ("" when none would).
+    weight_ranges: list[WeightRange] | None = None
+    weight_range_warning: str = ""
 
 
 @dataclass
@@ -249,4 +278,5 @@ __all__ = [
     "ModelSizes",
     "OutputComparison",
     "SizeComparison",
+    "WeightRange",
 ]

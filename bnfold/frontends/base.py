@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy.typing as npt
 
 from bnfold.foldlog import FoldEntry
+from bnfold.settings import FoldSettings
 from bnfold.specs import InputSpec
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -56,13 +57,17 @@ class Frontend(Protocol):
         """Outputs by name, in inference mode (ONNX: onnxruntime, optimisations disabled)."""
         ...
 
-    def fold(self, model: Any) -> FoldOutcome:
-        """Fold through the core; ``model`` itself may be changed (ONNX folds in place)."""
+    def fold(self, model: Any, settings: FoldSettings) -> FoldOutcome:
+        """Fold through the core as ``settings`` allow (BNs to keep, forward folds or not);
+        ``model`` itself may be changed (ONNX folds in place)."""
         ...
 
-    def to_onnx(self, outcome: FoldOutcome, settings: LoadSettings) -> FoldOutcome:
+    def to_onnx(
+        self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings
+    ) -> FoldOutcome:
         """The folded model as ONNX, with a log that is true of that ONNX model (a converter
-        may remove or keep BNs the front end's own fold left)."""
+        may remove or keep BNs the front end's own fold left); a fold of the converted model
+        honours ``fold`` too (a kept BN stays kept)."""
         ...
 
     def save(self, model: Any, path: str | os.PathLike[str]) -> None:

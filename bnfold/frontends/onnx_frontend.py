@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from bnfold.atomic import write_atomically
 from bnfold.errors import InputError
-from bnfold.fold import fold_model
+from bnfold.fold import ALL_FOLDS, fold_model
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
 from bnfold.frontends.onnx import (
     ONNX_SUFFIXES,
@@ -37,6 +37,7 @@ from bnfold.frontends.onnx import (
 )
 from bnfold.frontends.onnx_isolation import needs_isolation, run_isolated
 from bnfold.frontends.onnx_run import ModelSource, run_model
+from bnfold.settings import FoldSettings
 from bnfold.specs import InputSpec
 
 # What a user can do when onnxruntime cannot run the original (custom ops, invalid values).
@@ -99,13 +100,15 @@ class OnnxFrontend:
         # onnxruntime without a copy, where the file would be read and copied once more.
         return run_model(model, feeds, label=original.label, hint=NO_CHECK_HINT)
 
-    def fold(self, model: ir.Model) -> FoldOutcome:
-        folded = fold_model(model)
+    def fold(self, model: ir.Model, settings: FoldSettings = ALL_FOLDS) -> FoldOutcome:
+        folded = fold_model(model, settings=settings)
         if folded.changed:
             self._originals.pop(id(model), None)
         return FoldOutcome(folded.model, folded.entries)
 
-    def to_onnx(self, outcome: FoldOutcome, settings: LoadSettings) -> FoldOutcome:
+    def to_onnx(
+        self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings = ALL_FOLDS
+    ) -> FoldOutcome:
         return outcome
 
     def unfolded_onnx(self, model: ir.Model, settings: LoadSettings) -> ModelSource:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy.typing as npt
 
 from bnfold.errors import InputError
+from bnfold.fold import ALL_FOLDS
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
 from bnfold.frontends.keras.conversion import keras_to_onnx
 from bnfold.frontends.keras.folding import fold_keras_model
@@ -29,6 +30,7 @@ from bnfold.frontends.keras.model_io import (
     save_keras_model,
 )
 from bnfold.frontends.keras.runtime import KERAS_SUFFIXES, import_keras, import_tf2onnx
+from bnfold.settings import FoldSettings
 from bnfold.specs import InputSpec
 
 
@@ -52,20 +54,22 @@ class KerasFrontend:
     def run(self, model: Any, feeds: Mapping[str, npt.NDArray[Any]]) -> Arrays:
         return predict_keras(model, dict(feeds))
 
-    def fold(self, model: Any) -> FoldOutcome:
-        folded, entries = fold_keras_model(model)
+    def fold(self, model: Any, settings: FoldSettings = ALL_FOLDS) -> FoldOutcome:
+        folded, entries = fold_keras_model(model, settings=settings)
         for entry in entries:
             entry.stage = "keras"
         return FoldOutcome(folded, entries)
 
-    def to_onnx(self, outcome: FoldOutcome, settings: LoadSettings) -> FoldOutcome:
+    def to_onnx(
+        self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings = ALL_FOLDS
+    ) -> FoldOutcome:
         from bnfold.frontends.keras.onnx_log import converted_outcome
         from bnfold.frontends.keras.saved_model import holds_signature_only
 
         converted = keras_to_onnx(outcome.model, opset=settings.opset)
         # A SavedModel's bare signature has no Keras layers: its BNs are the graph's.
         layers_known = not holds_signature_only(outcome.model)
-        return converted_outcome(outcome, converted, layers_known=layers_known)
+        return converted_outcome(outcome, converted, layers_known=layers_known, settings=fold)
 
     def save(self, model: Any, path: str | os.PathLike[str]) -> None:
         save_keras_model(model, Path(path))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.fold import fold_model
+from bnfold.fold import ALL_FOLDS, fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
 from bnfold.frontends.keras.emit import LINEAR_LAYERS
 from bnfold.frontends.keras.lowering import (
@@ -28,6 +28,7 @@ from bnfold.frontends.keras.lowering import (
 from bnfold.frontends.keras.read_back import read_back
 from bnfold.frontends.keras.runtime import first_line
 from bnfold.frontends.keras.write_back import RewriteError, Rewrites, apply_rewrites
+from bnfold.settings import FoldSettings
 
 _LOG = logging.getLogger("bnfold")
 
@@ -187,10 +188,10 @@ def _unwalkable(model: Any, why: str) -> tuple[Any, list[FoldEntry]]:
     return model, entries
 
 
-def _decide(model: Any) -> tuple[list[FoldEntry], Rewrites]:
+def _decide(model: Any, settings: FoldSettings) -> tuple[list[FoldEntry], Rewrites]:
     """The log and the Keras rewrites of the fold core's decisions (nothing is rebuilt)."""
     lowered = lower_model(model)
-    result = fold_model(ir.Model(lowered.graph, ir_version=10))
+    result = fold_model(ir.Model(lowered.graph, ir_version=10), settings=settings)
     entries = _log(lowered, result.entries, model)
     changes = _rewrites(lowered)
     for entry in entries:
@@ -219,7 +220,9 @@ def _subclassed(model: Any) -> bool:
     return not (isinstance(config, dict) and "layers" in config)
 
 
-def fold_keras_model(model: Any, *, rebuild: bool = True) -> tuple[Any, list[FoldEntry]]:
+def fold_keras_model(
+    model: Any, *, rebuild: bool = True, settings: FoldSettings = ALL_FOLDS
+) -> tuple[Any, list[FoldEntry]]:
     """A new Keras model with every BN the fold core can fold folded (into the layer before
     it, or into every layer after it), and one entry per BN layer. The model's inputs and
     outputs keep their names. ``rebuild=False`` only decides: the model comes back as it
@@ -233,7 +236,7 @@ def fold_keras_model(model: Any, *, rebuild: bool = True) -> tuple[Any, list[Fol
             model, "the model is a subclassed keras.Model, which bnfold cannot rebuild"
         )
     try:
-        entries, changes = _decide(model)
+        entries, changes = _decide(model, settings)
     except Exception as error:  # a layer Keras describes in a way bnfold did not expect
         _LOG.debug("Keras model not walkable", exc_info=True)
         return _unwalkable(model, f"bnfold cannot follow the model's graph: {first_line(error)}")

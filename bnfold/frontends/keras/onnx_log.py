@@ -9,13 +9,16 @@ nodes by TensorFlow name scope, the Keras layer name plus a suffix that keeps sc
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 
 import onnx_ir as ir
 
-from bnfold.foldlog import AFFINE, FoldEntry, Outcome, count_entries
+from bnfold.fold import ALL_FOLDS
+from bnfold.foldlog import AFFINE, FoldEntry, Outcome, Reason, count_entries
 from bnfold.frontends.base import FoldOutcome
+from bnfold.settings import FoldSettings
 
 
 def _scope_patterns(path: str) -> list[re.Pattern[str]]:
@@ -93,14 +96,39 @@ def _affine_node_names(model: ir.Model) -> list[str]:
     ]
 
 
+def _converted_settings(
+    entries: list[FoldEntry], model: ir.Model, settings: FoldSettings, layers_known: bool
+) -> FoldSettings:
+    """The settings of the pass over the converted graph: an affine in the scope of a Keras
+    BN the user kept stays too, kept by its exact name. Without Keras layers (a SavedModel's
+    bare signature) the user's patterns name the graph's own BNs."""
+    from bnfold.graph import iter_graphs
+    from bnfold.rules.affines import find_affine_chains
+
+    kept = [entry.name for entry in entries if entry.reason is Reason.KEPT_BY_USER]
+    labels = [
+        chain.label
+        for graph in iter_graphs(model.graph)
+        for chain in (find_affine_chains(graph) if kept else [])
+        if any(_matches(path, [node.name or "" for node in chain.nodes]) for path in kept)
+    ]
+    own = () if layers_known else settings.keep
+    return FoldSettings(keep=(*own, *map(glob.escape, labels)), forward=settings.forward)
+
+
 def converted_outcome(
-    outcome: FoldOutcome, onnx_model: ir.Model, *, layers_known: bool = True
+    outcome: FoldOutcome,
+    onnx_model: ir.Model,
+    *,
+    layers_known: bool = True,
+    settings: FoldSettings = ALL_FOLDS,
 ) -> FoldOutcome:
     """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs; the model's
     ``bnfold`` metadata then counts the merged log."""
     from bnfold.fold import METADATA_KEY, fold_model
 
-    result = fold_model(onnx_model)  # keras_to_onnx inferred its shapes
+    onnx_settings = _converted_settings(outcome.entries, onnx_model, settings, layers_known)
+    result = fold_model(onnx_model, settings=onnx_settings)  # keras_to_onnx inferred shapes
     entries = merge_stage_logs(
         outcome.entries, result.entries, _affine_node_names(result.model), layers_known
     )
