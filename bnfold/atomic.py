@@ -5,16 +5,18 @@ a reader never sees half a file and a failure or an interrupt leaves nothing beh
 folder is removed on the way out, whatever the way out is (an ``OSError``, Ctrl-C, the
 ``SIGTERM`` the command line turns into an exception). The renames themselves run with
 SIGINT and SIGTERM held back (``signals_deferred``), so a signal lands before or after them,
-never between two renames that belong together.
+never between two renames that belong together (a model file and its weights file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,22 +28,47 @@ _DEFERRED = {signal.SIGINT, signal.SIGTERM}
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (on POSIX; elsewhere nothing changes).
-    Only the calling thread is masked: the main thread, where Python runs signal handlers,
-    is the one that matters."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """SIGINT and SIGTERM that arrive in the block take effect when it is done: their Python
+    handlers are swapped for a recorder, and the first signal recorded is raised again
+    afterwards. (Masking the thread would not do: onnxruntime's and BLAS's threads take a
+    signal sent to the process, and the main thread then runs the handler all the same.)
+    Python runs handlers in the main thread only, so elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    caught: list[int] = []
+    previous = {number: signal.getsignal(number) for number in _DEFERRED}
+    swapped = {number: handler for number, handler in previous.items() if handler is not None}
+    for number in swapped:
+        signal.signal(number, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in swapped.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+# Less free space than this after a short write means the disk is full.
+FULL_DISK_BYTES = 1 << 20
 
 
 def cannot_write(path: Path, error: OSError) -> OutputError:
-    """The one line for an output that cannot be written."""
-    return OutputError(f"{path}: cannot write ({error.strerror or error})")
+    """The one line for an output that cannot be written. A short write (numpy's ``tofile``:
+    "N requested and M written") carries no errno: on a full disk it is said as one."""
+    reason = error.strerror or str(error)
+    if error.errno is None and "requested and" in reason and _free_bytes(path) < FULL_DISK_BYTES:
+        reason = os.strerror(errno.ENOSPC)
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        stats = os.statvfs(path.parent)
+    except (AttributeError, OSError):  # no statvfs (Windows), or the folder went away
+        return FULL_DISK_BYTES
+    return stats.f_bavail * stats.f_frsize
 
 
 def _scratch_beside(target: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -539,5 +540,26 @@ def bench_command(
     _run(debug, as_json, action)
 
 
+# 128 + the signal's number, what a shell reports for a process the signal killed.
+SIGINT_EXIT, SIGTERM_EXIT = 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the run is: it unwinds (temporary files removed, renames already
+    begun completed) instead of dying in the middle of a write. A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no ``except Exception`` on the way swallows it."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main() -> None:
-    cli(prog_name="bnfold")
+    """The console script. SIGINT is Python's KeyboardInterrupt (exit 130, ``_run``); SIGTERM
+    becomes ``Terminated`` (exit 143). Either way OUT is absent or complete."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        cli(prog_name="bnfold")
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the line
+        _fail("terminated", SIGTERM_EXIT)
