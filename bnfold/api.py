@@ -171,13 +171,17 @@ def _run_original(
 def _sizes_for_proofs(
     frontend: Frontend, model: Any, reference: _Reference | None
 ) -> contextlib.AbstractContextManager[None]:
-    """While an ONNX model folds, its values have the static shapes of the check's first input
-    set (``--dim``, ``--inputs``, the fallback sizes): layouts through Reshape become provable
-    there, and the check confirms the fold at those sizes. The model keeps its dynamic dims."""
-    if reference is None or frontend.name != "onnx" or not reference.feed_sets:
+    """While an ONNX model folds, its values have the shapes inference finds: symbolic
+    (``inspect``, ``--no-check``: the batch ``N`` of a Reshape's input is the ``N`` of its
+    output), and static at the check's first input set (``--dim``, ``--inputs``, the fallback
+    sizes), where the check confirms the fold at those sizes. The model keeps its dynamic
+    dims."""
+    if frontend.name != "onnx":
         return contextlib.nullcontext()
     from bnfold.frontends.onnx_sizes import sized_shapes
 
+    if reference is None or not reference.feed_sets:
+        return sized_shapes(model)
     first = reference.feed_sets[0]
     return sized_shapes(model, {name: array.shape for name, array in first.items()})
 

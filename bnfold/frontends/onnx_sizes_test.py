@@ -59,13 +59,17 @@ def test_dims_prove_the_reshape_and_the_output_stays_dynamic(tmp_path):
     assert relative_error(expected, run_model(folded.SerializeToString(), {"x": x})["y"]) < 1e-5
 
 
-def test_without_sizes_the_reshape_is_unproven(tmp_path):
+def test_without_sizes_the_reshape_is_proven_symbolically(tmp_path):
+    """``[N, 4, H, 4] -> [N, 4, ?]``: ``N`` before the channels on both sides proves them on
+    axis 1 whatever ``N`` and ``H`` are, so ``--no-check`` and ``inspect`` fold as the check
+    does (they left it ``unproven_layout`` when only the check's sizes proved it)."""
     document, folded = _fold(tmp_path, "--no-check")
     [entry] = document["entries"]
-    assert entry["outcome"] == "left"
-    assert entry["reason"] == "unproven_layout", entry
-    assert "flatten_hw" in entry["detail"]
-    assert [node.op_type for node in folded.graph.node] == ["Conv", "Reshape", "BatchNormalization"]
+    assert entry["outcome"] == "folded_into_previous", entry
+    assert [node.op_type for node in folded.graph.node] == ["Conv", "Reshape"]
+    assert _dims(folded.graph.input[0]) == ["N", 3, "H", 4]
+    inspected = CliRunner().invoke(cli, ["inspect", str(tmp_path / "reshape.onnx"), "--json"])
+    assert json.loads(inspected.stdout)["entries"][0]["outcome"] == "folded_into_previous"
 
 
 def test_the_default_check_sizes_prove_it_too(tmp_path):

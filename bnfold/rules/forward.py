@@ -43,6 +43,7 @@ from bnfold.graph import (
 from bnfold.rules.affines import AffineChain
 from bnfold.rules.base import FoldContext, Folded, remove_affine_chain
 from bnfold.rules.commuting import affine_skip, follow_ids, is_commuting
+from bnfold.rules.layout import symbolic_dims
 
 Apply = Callable[[], None]
 """Writes a fold whose arrays are already computed; cannot fail."""
@@ -192,13 +193,46 @@ def _reshape(node: ir.Node, channel_map: ChannelMap) -> ChannelMap | Skip:
         return ChannelMap(channel_map.ids.reshape(static_out), out_dynamic)
     rest_in = _product(in_dims[1:]) if in_dims and in_dims[0] is None else None
     rest_out = _product(out_dims[1:]) if out_dims and out_dims[0] is None else None
-    if rest_in is None or rest_in != rest_out:
-        return _unproven(
-            node,
-            f"cannot prove each sample keeps its elements ({list(in_dims)} -> {list(out_dims)})",
-        )
-    static_rest = tuple(d for d in out_dims[1:] if d is not None)
-    return ChannelMap(channel_map.ids.reshape((1, *static_rest)), out_dynamic)
+    if rest_in is not None and rest_in == rest_out:
+        static_rest = tuple(d for d in out_dims[1:] if d is not None)
+        return ChannelMap(channel_map.ids.reshape((1, *static_rest)), out_dynamic)
+    kept = _kept_prefix(node, channel_map, out_dims)
+    if kept is not None:
+        return kept
+    return _unproven(
+        node,
+        f"cannot prove each sample keeps its elements ({list(in_dims)} -> {list(out_dims)})",
+    )
+
+
+def _kept_prefix(
+    node: ir.Node, channel_map: ChannelMap, out_dims: tuple[int | None, ...]
+) -> ChannelMap | None:
+    """A reshape that keeps its leading dimensions, the same size or the same named symbol on
+    both sides (``[N, C, H, 4] -> [N, C, ?]``), and regroups only the rest, over which every
+    element holds the same channel: each element keeps its channel, whatever ``N`` and ``H``."""
+    source = node.inputs[0]
+    in_symbols = symbolic_dims(source) if source is not None else None
+    out_symbols = symbolic_dims(node.outputs[0])
+    if in_symbols is None or len(in_symbols) != channel_map.ids.ndim:
+        return None
+    if out_symbols is None or len(out_symbols) != len(out_dims):
+        out_symbols = out_dims
+    kept = 0
+    for before, after in zip(in_symbols, out_symbols, strict=False):
+        if before is None or before != after:
+            break
+        kept += 1
+    head = channel_map.ids.shape[:kept]
+    rest = channel_map.ids.reshape((*head, -1))
+    if kept == 0 or not np.all(rest == rest[..., :1]):
+        return None
+    tail_dynamic = tuple(size is None for size in out_dims[kept:])
+    tail = tuple(1 if size is None else size for size in out_dims[kept:])
+    ids = rest[..., :1].reshape((*head, *(1,) * len(tail)))
+    return ChannelMap(
+        np.broadcast_to(ids, (*head, *tail)).copy(), channel_map.dynamic[:kept] + tail_dynamic
+    )
 
 
 def follow_layout(
