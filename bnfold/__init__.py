@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from bnfold.foldlog import FoldEntry, Outcome, Reason
     from bnfold.frontends.base import LoadSettings
     from bnfold.results import BenchResult, CheckResult, FoldResult
-    from bnfold.settings import BenchSettings, CheckSettings
+    from bnfold.settings import BenchSettings, CheckSettings, FoldSettings
 
 _WHERE = {
     "benchmark": "bnfold.api",
@@ -44,6 +44,7 @@ _WHERE = {
     "FoldResult": "bnfold.results",
     "BenchSettings": "bnfold.settings",
     "CheckSettings": "bnfold.settings",
+    "FoldSettings": "bnfold.settings",
 }
 
 
@@ -84,6 +85,7 @@ __all__ = [
     "FoldEntry",
     "FoldPass",
     "FoldResult",
+    "FoldSettings",
     "InputError",
     "LoadSettings",
     "Outcome",

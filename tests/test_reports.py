@@ -233,3 +233,24 @@ def test_the_gate_names_the_bound_that_decided():
     assert gate(asdict(large)).endswith("= rtol 0.0001 x max|orig| 265 + atol 1e-05")
     failed = OutputComparison("y", "float32", [2], 1.0, 0.5, 0.1, 1e-4, 1e-5, False, scale=2.0)
     assert gate(asdict(failed)).startswith("FAIL: max abs 1 > 0.00021")
+
+
+def test_weight_ranges_table_in_every_format(schema):
+    from bnfold.results import WeightRange
+
+    rows = [
+        WeightRange("conv", "Conv", 8, 1.0, 12.0, 12.0, 1.5, 30.0, True),
+        WeightRange("fc", "Gemm", 4, 2.0, 2.0, 1.0, 1.0, float("inf"), True),
+    ]
+    result = FoldResult(None, [], weight_ranges=rows, weight_range_warning="Quantization: x")
+    document = report.result_document(result, source="m.onnx")
+    validate(json.loads(report.json_text(document)), schema)  # inf is written as null
+    assert document["weight_ranges"]["layers"][0]["growth"] == 12.0
+    markdown = report.render_markdown(document)
+    assert "| conv | Conv | 8 | 1 | 12 | 12x ! | 1.5x | 30x ! |" in markdown
+    assert "max\\|W\\| before" in markdown and "**Quantization: x**" in markdown
+    page = report.render_html(document)
+    assert "<td>12x !</td>" in page and "Quantization: x" in page
+    unmeasured = report.result_document(FoldResult(None, []), source="m.keras")
+    assert unmeasured["weight_ranges"] is None
+    validate(unmeasured, schema)

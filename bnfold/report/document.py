@@ -44,6 +44,18 @@ def result_document(
         "seconds": dict(result.seconds) if result is not None else {},
         "sizes": sizes.to_dict() if sizes is not None else None,
         "latency": latency.to_dict() if latency is not None else None,
+        "weight_ranges": _weight_ranges(result),
+    }
+
+
+def _weight_ranges(result: FoldResult | None) -> dict[str, Any] | None:
+    """The rows of the layers a fold changed and the warning line; ``None`` when not measured
+    (a Keras fold, ``bench A B``)."""
+    if result is None or result.weight_ranges is None:
+        return None
+    return {
+        "layers": [row.to_dict() for row in result.weight_ranges],
+        "warning": result.weight_range_warning,
     }
 
 
@@ -161,6 +173,39 @@ SIZE_ROWS = (
     ("batchnorm_nodes", "BatchNormalization nodes"),
     ("affine_nodes", "BN/affine nodes"),
 )
+
+
+WEIGHT_RANGE_HEADER = (
+    "layer",
+    "op",
+    "channels",
+    "max|W| before",
+    "max|W| after",
+    "growth",
+    "channel spread before",
+    "channel spread after",
+)
+
+
+def weight_range_rows(ranges: dict[str, Any]) -> list[list[str]]:
+    """One row of text cells per layer (see ``WEIGHT_RANGE_HEADER``); a flagged layer's
+    growth and spread end in ``!``."""
+    rows = []
+    for row in ranges["layers"]:
+        mark = " !" if row["flagged"] else ""
+        rows.append(
+            [
+                str(row["layer"]),
+                str(row["op"]),
+                str(row["channels"]),
+                _g(row["before_max"]),
+                _g(row["after_max"]),
+                f"{_g(row['growth'])}x{mark}",
+                f"{_g(row['spread_before'])}x",
+                f"{_g(row['spread_after'])}x{mark}",
+            ]
+        )
+    return rows
 
 
 def size_rows(sizes: dict[str, Any]) -> list[tuple[str, int, int, str]]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bnfold.report.document import (
+    WEIGHT_RANGE_HEADER,
     Document,
     conditions,
     entry_outcome,
@@ -18,6 +19,7 @@ from bnfold.report.document import (
     size_rows,
     speedup,
     summary,
+    weight_range_rows,
 )
 
 COLOURS = {"baseline": "#6b7280", "candidate": "#d9480f"}
@@ -225,6 +227,20 @@ def _log(title: str, entries: list[dict[str, Any]], first_column: str) -> list[s
     return [f"<h2>{_h(title)}</h2>", _table([first_column, "ops", "outcome"], rows, (0, 1, 2))]
 
 
+def _weight_ranges(ranges: dict[str, Any]) -> list[str]:
+    title = f"Weight ranges of the layers the fold changed ({len(ranges['layers'])})"
+    parts = [f"<h2>{_h(title)}</h2>"]
+    if ranges.get("warning"):
+        parts.append(f'<p class="fail">{_h(ranges["warning"])}</p>')
+    rows = [[_h(cell) for cell in row] for row in weight_range_rows(ranges)]
+    parts.append(_table(WEIGHT_RANGE_HEADER, rows, (0, 1)))
+    parts.append(
+        '<p class="note">max|W|: the per-tensor range; channel spread: the largest output '
+        "channel's range over the median one; ! past 8x growth or 16x spread</p>"
+    )
+    return parts
+
+
 def render_html(document: Document) -> str:
     """One self-contained page: summary, sizes, latency table and plots, check, fold log."""
     title = document.get("input") or document.get("reference") or "model"
@@ -240,6 +256,8 @@ def render_html(document: Document) -> str:
         body += _check(document["check"])
     for title, entries, first_column in log_tables(document):
         body += _log(title, entries, first_column)
+    if (document.get("weight_ranges") or {}).get("layers"):
+        body += _weight_ranges(document["weight_ranges"])
     body.append(
         f'<p class="note">bnfold {_h(document["bnfold_version"])}, '
         f"schema {_h(document['schema'])}</p>"

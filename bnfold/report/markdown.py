@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnfold.report.document import (
+    WEIGHT_RANGE_HEADER,
     Document,
     conditions,
     entry_outcome,
@@ -15,6 +16,7 @@ from bnfold.report.document import (
     size_rows,
     speedup,
     summary,
+    weight_range_rows,
 )
 
 
@@ -84,6 +86,18 @@ def _log(title: str, entries: list[dict[str, Any]], first_column: str) -> list[s
     return [*lines, "", "</details>", ""]
 
 
+def _weight_ranges(ranges: dict[str, Any]) -> list[str]:
+    lines = [f"**{_md(ranges['warning'])}**", ""] if ranges.get("warning") else []
+    title = f"Weight ranges of the layers the fold changed ({len(ranges['layers'])})"
+    lines += [f"<details><summary>{title}</summary>", ""]
+    lines.append("| " + " | ".join(_md(cell) for cell in WEIGHT_RANGE_HEADER) + " |")
+    lines.append("|---|---|" + "---:|" * (len(WEIGHT_RANGE_HEADER) - 2))
+    lines += [
+        "| " + " | ".join(_md(cell) for cell in row) + " |" for row in weight_range_rows(ranges)
+    ]
+    return [*lines, "", "</details>", ""]
+
+
 def render_markdown(document: Document) -> str:
     title = document.get("input") or document.get("reference") or "model"
     lines = [f"### bnfold report: `{title}`", "", f"**{summary(document)}**", ""]
@@ -95,5 +109,7 @@ def render_markdown(document: Document) -> str:
         lines += _check(document["check"])
     for title, entries, first_column in log_tables(document):
         lines += _log(title, entries, first_column)
+    if (document.get("weight_ranges") or {}).get("layers"):
+        lines += _weight_ranges(document["weight_ranges"])
     lines.append(f"<sub>bnfold {document['bnfold_version']}, schema {document['schema']}</sub>")
     return "\n".join(lines) + "\n"

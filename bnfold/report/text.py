@@ -49,6 +49,9 @@ def format_log(document: Document) -> str:
         + f"{counts['left']} left"
         + (f" ({reasons})" if reasons else "")
     )
+    warning = (document.get("weight_ranges") or {}).get("warning")
+    if warning:
+        lines.append(warning)  # the log's last line: what the fold did to int8 weights
     return "\n".join(lines)
 
 
