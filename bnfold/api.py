@@ -135,33 +135,42 @@ class _Reference:
         return result
 
 
+def _size_hints(frontend: Frontend, model: Any) -> dict[Any, Any]:
+    """The sizes ``model``'s graph fixes for its dynamic input dims, by (input, axis), from
+    the front end's optional ``size_hints(model)`` (none when it has no such method)."""
+    hints = getattr(frontend, "size_hints", None)
+    return dict(hints(model)) if hints is not None else {}
+
+
 def _run_original(
     frontend: Frontend, model: Any, specs: list[Any], settings: CheckSettings
 ) -> tuple[list[Arrays], str, list[Arrays]]:
-    """Input sets, their description and the original's outputs on them. Random inputs whose
-    dynamic dimensions nobody sized are tried at the default size, then at each fallback size
-    (a detector may need multiples of 32), until the original runs; the description says the
-    sizes used. When none runs, the error names every shape tried and the way out."""
+    """Input sets, their description and the original's outputs on them. Dynamic dimensions
+    nobody sized take the sizes the graph fixes (a weight's K, a constant they are broadcast
+    with), the others the default sizes, then each fallback size (a detector may need
+    multiples of 32; a model without a batch axis many frames), until the original runs; the
+    description says where each size came from. When none runs, the error names every shape
+    tried and the way out."""
     from bnfold.check import equivalence
 
-    sizes = [equivalence.DEFAULT_DYNAMIC]
-    if settings.inputs is None and equivalence.free_dimensions(specs, settings.dims):
-        sizes += equivalence.FALLBACK_SIZES
+    attempts = equivalence.sizing_attempts(specs, settings, _size_hints(frontend, model))
     tried: list[str] = []
-    for size in sizes:
+    failure: InputError | None = None
+    for sizing in attempts:
         try:
-            feed_sets, description = equivalence.check_feeds(specs, settings, size)
+            feed_sets, description = equivalence.check_feeds(specs, settings, sizing)
             return feed_sets, description, [frontend.run(model, feeds) for feeds in feed_sets]
         except InputError as error:
-            if len(sizes) == 1:
+            if len(attempts) == 1:
                 raise
+            failure = failure or error  # the first says why; the others repeat it, or worse
             tried.append(
                 ", ".join(
-                    f"{spec.name}{list(equivalence.concrete_shape(spec, settings.dims, size))}"
+                    f"{spec.name}{list(equivalence.concrete_shape(spec, settings.dims, sizing))}"
                     for spec in specs
                 )
             )
-            failure = error
+    assert failure is not None
     raise InputError(
         f"{failure} (shapes tried: {'; '.join(tried)}); give the sizes of dynamic dimensions "
         "with --dim NAME=SIZE or real inputs with --inputs"

@@ -15,3 +15,16 @@ class InputSpec:
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class SizeHint:
+    """A size the model's graph fixes for one dynamic input dimension, and what fixes it
+    (``"MatMul fc's weight [80, 16]"``): the check runs at it rather than at a guess."""
+
+    size: int
+    source: str
+
+
+# Keyed by (input name, axis).
+SizeHints = dict[tuple[str, int], SizeHint]

@@ -8,9 +8,11 @@ and comparing against an optimised session would compare a fold with a fold.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from bnfold.errors import InputError
 from bnfold.frontends.onnx_run import Arrays, ModelSource, make_session, model_session, run_session
 from bnfold.results import CheckResult
 from bnfold.settings import CheckSettings
-from bnfold.specs import InputSpec
+from bnfold.specs import InputSpec, SizeHint
 
 # Dynamic dimensions get these sizes unless the user names one (--dim NAME=SIZE): a batch of 2
 # catches folds that mix samples; 16 keeps small convolutions valid.
@@ -38,37 +40,92 @@ RANDOM_INPUT_LIMIT_BYTES = 2 * 2**30
 
 
 # When a model cannot run with DEFAULT_DYNAMIC (a detector that needs multiples of 32), the
-# check tries these sizes for the dynamic dimensions nobody sized, in order.
+# check tries these sizes for the dynamic dimensions nobody sized, in order (sizing_attempts).
 FALLBACK_SIZES = (32, 64, 224, 640)
+# The first dimension takes the sizes above too (frames of a model without a batch axis) only
+# while all random inputs together stay under this many elements.
+FIRST_DIM_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class DimSizing:
+    """How the check sizes the dynamic dimensions ``--dim`` leaves unsized: those the graph
+    fixes (``hints``, from the front end's ``size_hints``) get that size, the first one
+    ``batch`` and any other ``size``."""
+
+    size: int = DEFAULT_DYNAMIC
+    batch: int = DEFAULT_BATCH
+    hints: Mapping[tuple[str, int], SizeHint] = field(default_factory=dict)
+
+    def sized(self, spec: InputSpec, axis: int, dims: Mapping[str, int]) -> tuple[int, str]:
+        """The size of ``spec``'s dynamic dimension ``axis`` and where it comes from."""
+        dim = spec.shape[axis]
+        if isinstance(dim, str) and dim in dims:
+            return dims[dim], f"from --dim {dim}"
+        hint = self.hints.get((spec.name, axis))
+        if hint is not None:
+            return hint.size, f"from {hint.source}"
+        size = self.batch if axis == 0 else self.size
+        default = DEFAULT_BATCH if axis == 0 else DEFAULT_DYNAMIC
+        if size != default:
+            return size, "fallback size"
+        return size, "default batch" if axis == 0 else "default size"
+
+
+DEFAULT_SIZING = DimSizing()
+
+
+def _is_fixed(dim: int | str | None) -> bool:
+    return isinstance(dim, int) and dim >= 0
 
 
 def concrete_shape(
-    spec: InputSpec, dims: Mapping[str, int] | None = None, size: int = DEFAULT_DYNAMIC
+    spec: InputSpec, dims: Mapping[str, int] | None = None, sizing: DimSizing = DEFAULT_SIZING
 ) -> tuple[int, ...]:
-    """``spec``'s shape with named dynamic dimensions from ``dims``, an unsized first one
-    ``DEFAULT_BATCH`` and any other unsized one ``size``."""
-    dims = dims or {}
-    shape = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int) and dim >= 0:
-            shape.append(dim)
-        elif isinstance(dim, str) and dim in dims:
-            shape.append(dims[dim])
-        else:
-            shape.append(DEFAULT_BATCH if axis == 0 else size)
-    return tuple(shape)
-
-
-def free_dimensions(specs: list[InputSpec], dims: Mapping[str, int]) -> bool:
-    """Whether some dynamic dimension past the batch axis has no size from ``dims``: only
-    then can another size make a model run."""
-    return any(
-        axis > 0
-        and not (isinstance(dim, int) and dim >= 0)
-        and not (isinstance(dim, str) and dim in dims)
-        for spec in specs
+    """``spec``'s shape with its dynamic dimensions sized by ``dims`` (by name), else as
+    ``sizing`` says."""
+    return tuple(
+        dim if _is_fixed(dim) else sizing.sized(spec, axis, dims or {})[0]  # type: ignore[misc]
         for axis, dim in enumerate(spec.shape)
     )
+
+
+def size_sources(specs: list[InputSpec], dims: Mapping[str, int], sizing: DimSizing) -> str:
+    """Where each dynamic dimension's size comes from, for the check's first line:
+    ``x[0]=2 default batch, x[1]=80 from MatMul fc's weight [80, 16]``."""
+    return ", ".join(
+        "{}[{}]={} {}".format(spec.name, axis, *sizing.sized(spec, axis, dims))
+        for spec in specs
+        for axis, dim in enumerate(spec.shape)
+        if not _is_fixed(dim)
+    )
+
+
+def sizing_attempts(
+    specs: list[InputSpec], settings: CheckSettings, hints: Mapping[tuple[str, int], SizeHint]
+) -> list[DimSizing]:
+    """The sizings the check tries in turn until the original runs: the graph's sizes with
+    the defaults, then each fallback size for the other dimensions, and when none runs, each
+    size for the first dimension too (a model without a batch axis may need many frames).
+    Only sizings that give new shapes are tried; with the caller's inputs, one."""
+    first = DimSizing(hints=hints)
+    if settings.inputs is not None:
+        return [first]
+    sizes = (DEFAULT_DYNAMIC, *FALLBACK_SIZES)
+    candidates = [first, *(DimSizing(size, DEFAULT_BATCH, hints) for size in sizes)]
+    first_dim_sized = len(candidates)
+    candidates += [DimSizing(size, size, hints) for size in sizes]
+    attempts: list[DimSizing] = []
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    for index, sizing in enumerate(candidates):
+        shapes = tuple(concrete_shape(spec, settings.dims, sizing) for spec in specs)
+        elements = sum(math.prod(shape) for shape in shapes)
+        if index >= first_dim_sized and elements > FIRST_DIM_ELEMENTS:
+            continue  # a batch of 224 images is not what a model without a batch axis needs
+        if shapes not in seen:
+            seen.add(shapes)
+            attempts.append(sizing)
+    return attempts
 
 
 def random_inputs(
@@ -212,18 +269,20 @@ def _concatenate(batches: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.ND
 
 
 def check_feeds(
-    specs: list[InputSpec], settings: CheckSettings, size: int = DEFAULT_DYNAMIC
+    specs: list[InputSpec], settings: CheckSettings, sizing: DimSizing = DEFAULT_SIZING
 ) -> tuple[list[Arrays], str]:
     """The input sets a check runs on, and how to describe them in a report: the caller's
     arrays or .npz (one set), else ``settings.samples`` seeded random sets (dynamic
-    dimensions sized by ``settings.dims``, else ``size``)."""
+    dimensions sized by ``settings.dims``, else as ``sizing`` says; the description says
+    where each size came from)."""
     if settings.inputs is None:
         seed, samples = settings.seed, settings.samples
-        shapes = {spec.name: concrete_shape(spec, settings.dims, size) for spec in specs}
+        shapes = {spec.name: concrete_shape(spec, settings.dims, sizing) for spec in specs}
         sets = [random_inputs(specs, seed=seed + index, shapes=shapes) for index in range(samples)]
         shown = ", ".join(f"{name}{list(array.shape)}" for name, array in sets[0].items())
         seeds = f"seed {seed}" if samples == 1 else f"seeds {seed}..{seed + samples - 1}"
-        return sets, f"random normal, {seeds}: {shown}"
+        sources = size_sources(specs, settings.dims, sizing)
+        return sets, f"random normal, {seeds}: {shown}" + (f"; sizes: {sources}" if sources else "")
     if isinstance(settings.inputs, str | os.PathLike):
         return [load_npz_inputs(settings.inputs, specs)], f"from {settings.inputs}"
     return [dict(settings.inputs)], "given by the caller"

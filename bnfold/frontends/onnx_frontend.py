@@ -35,10 +35,11 @@ from bnfold.frontends.onnx import (
     needs_external_data,
     save_onnx,
 )
+from bnfold.frontends.onnx_dims import size_hints
 from bnfold.frontends.onnx_isolation import needs_isolation, run_isolated
 from bnfold.frontends.onnx_run import ModelSource, run_model
 from bnfold.settings import FoldSettings
-from bnfold.specs import InputSpec
+from bnfold.specs import InputSpec, SizeHints
 
 # What a user can do when onnxruntime cannot run the original (custom ops, invalid values).
 NO_CHECK_HINT = "pass --no-check to fold without the check"
@@ -86,6 +87,10 @@ class OnnxFrontend:
 
     def input_specs(self, model: ir.Model) -> list[InputSpec]:
         return input_specs(model)
+
+    def size_hints(self, model: ir.Model) -> SizeHints:
+        """The sizes the graph fixes for dynamic input dims (``frontends/onnx_dims.py``)."""
+        return size_hints(model)
 
     def run(self, model: ir.Model, feeds: Mapping[str, npt.NDArray[Any]]) -> Arrays:
         """A model as loaded runs from its file where it has one, and a failure is the user's
