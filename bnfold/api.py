@@ -375,7 +375,8 @@ def inspect(
 ) -> FoldResult:
     """The fold log of ``model`` without checking or writing anything, as ``fold`` (the
     settings) allows; a BN logged as folded is one that could still fold."""
-    return _Run(model, None, None, load, None, False, None, fold).execute()
+    decide_only = dataclasses.replace(fold, rebuild=False)
+    return _Run(model, None, None, load, None, False, None, decide_only).execute()
 
 
 def _compare(

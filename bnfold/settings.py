@@ -29,10 +29,13 @@ class FoldSettings:
     """What may fold: ``keep`` holds glob patterns (``fnmatch``, case-sensitive) on a BN's
     name or path as the log prints it (``bn1``, ``base/*`` for a whole nested Keras model);
     a BN they match is left in place with reason ``kept_by_user``. ``forward=False`` allows
-    only folds into the layer before a BN, never into the layers after it."""
+    only folds into the layer before a BN, never into the layers after it. ``rebuild=False``
+    only decides where a front end rebuilds a model to apply its folds (Keras): the log says
+    what would fold and nothing is rebuilt (``bnfold inspect``)."""
 
     keep: tuple[str, ...] = ()
     forward: bool = True
+    rebuild: bool = True
 
     def kept_by(self, name: str) -> str | None:
         """The first ``keep`` pattern that matches ``name``, or ``None``."""

@@ -38,6 +38,9 @@ class FoldOutcome:
 
     model: Any
     entries: list[FoldEntry] = field(default_factory=list)
+    # False when the front end only decided (``FoldSettings.rebuild`` false): the entries
+    # logged as folded say what would fold, and ``model`` is the input as it was.
+    applied: bool = True
 
 
 class Frontend(Protocol):

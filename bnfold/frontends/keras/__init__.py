@@ -22,6 +22,7 @@ from bnfold.frontends.keras.folding import fold_keras_model
 from bnfold.frontends.keras.loading import load_keras_model
 from bnfold.frontends.keras.model_io import (
     describe_keras_model,
+    ensure_readable,
     keras_compute_dtype,
     keras_input_specs,
     keras_output_names,
@@ -55,10 +56,14 @@ class KerasFrontend:
         return predict_keras(model, dict(feeds))
 
     def fold(self, model: Any, settings: FoldSettings = ALL_FOLDS) -> FoldOutcome:
-        folded, entries = fold_keras_model(model, settings=settings)
+        from bnfold.frontends.keras.saved_model import holds_signature_only, signature_entries
+
+        if holds_signature_only(model):
+            return FoldOutcome(model, signature_entries(model))
+        folded, entries = fold_keras_model(model, rebuild=settings.rebuild, settings=settings)
         for entry in entries:
             entry.stage = "keras"
-        return FoldOutcome(folded, entries)
+        return FoldOutcome(folded, entries, applied=settings.rebuild)
 
     def to_onnx(
         self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings = ALL_FOLDS
@@ -67,12 +72,14 @@ class KerasFrontend:
         from bnfold.frontends.keras.saved_model import holds_signature_only
 
         converted = keras_to_onnx(outcome.model, opset=settings.opset)
-        # A SavedModel's bare signature has no Keras layers: its BNs are the graph's.
-        layers_known = not holds_signature_only(outcome.model)
+        # A SavedModel's bare signature has no Keras layers: its BNs are the BN ops found in
+        # its TensorFlow graph, or, where it has none, the ONNX graph's BN-shaped affines.
+        layers_known = bool(outcome.entries) or not holds_signature_only(outcome.model)
         return converted_outcome(outcome, converted, layers_known=layers_known, settings=fold)
 
     def save(self, model: Any, path: str | os.PathLike[str]) -> None:
         save_keras_model(model, Path(path))
+        ensure_readable(model, Path(path))
 
     def compute_dtype(self, model: Any) -> str | None:
         return keras_compute_dtype(model)

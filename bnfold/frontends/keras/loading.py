@@ -5,6 +5,7 @@ safe mode, uncompiled. SavedModel directories are read by ``saved_model``."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import weakref
 import zipfile
@@ -204,6 +205,26 @@ def _load_error(stored: StoredModel, keras: Any, error: Exception) -> InputError
     return InputError(f"{path}: {name} cannot load this model: {first_line(error)}")
 
 
+# Layers Keras' own applications define without registering them: a .keras file names their
+# module, an .h5 file only their class, so an .h5 ConvNeXt or InceptionResNetV2 needs them.
+_APPLICATION_LAYERS = {
+    "convnext": ("LayerScale", "StochasticDepth"),
+    "inception_resnet_v2": ("CustomScaleLayer",),
+}
+
+
+def application_layers(package: str) -> dict[str, type]:
+    """The unregistered layer classes of ``package``'s (keras, tf_keras) own applications."""
+    found: dict[str, type] = {}
+    for module_name, classes in _APPLICATION_LAYERS.items():
+        try:
+            module = importlib.import_module(f"{package}.src.applications.{module_name}")
+        except ImportError:  # a Keras that moved or dropped it: nothing to add
+            continue
+        found.update({name: getattr(module, name) for name in classes if hasattr(module, name)})
+    return found
+
+
 def load_stored(stored: StoredModel, allow_unsafe: bool) -> Any:
     """Build the model with the Keras that wrote the file: tf_keras for Keras 2."""
     if stored.is_keras2:
@@ -219,7 +240,10 @@ def load_stored(stored: StoredModel, allow_unsafe: bool) -> Any:
     try:
         with quiet_keras():
             model = keras.models.load_model(
-                str(stored.path), safe_mode=not allow_unsafe, compile=False
+                str(stored.path),
+                custom_objects=application_layers(package),
+                safe_mode=not allow_unsafe,
+                compile=False,
             )
     except Exception as error:
         raise _load_error(stored, keras, error) from error

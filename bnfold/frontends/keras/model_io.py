@@ -92,8 +92,12 @@ def predict_keras(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     if missing:
         raise InputError(f"no value given for model input '{missing[0]}'")
     arrays = [np.asarray(inputs[name]) for name in names]
-    with quiet_keras():
-        outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    try:
+        with quiet_keras():
+            outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    except Exception as error:  # TensorFlow and Keras raise many types for a shape it cannot run
+        shapes = ", ".join(f"{name}{list(a.shape)}" for name, a in zip(names, arrays, strict=True))
+        raise InputError(f"Keras cannot run the model on {shapes}: {first_line(error)}") from error
     values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in _flatten_outputs(keras, outputs)]
     return dict(zip(keras_output_names(model), values, strict=True))
 
@@ -159,4 +163,22 @@ def save_keras_model(model: Any, path: Path) -> None:
     except Exception as error:
         raise OutputError(
             f"{path}: Keras cannot save the folded model: {first_line(error)}"
+        ) from error
+
+
+def ensure_readable(model: Any, path: Path) -> None:
+    """Read a written Keras file back before it takes the output's name: Keras writes some
+    models it cannot read (Keras 3's legacy .h5 of ConvNeXt), and a file nobody can load is
+    no output. The model's own code is in memory already, so the file's may load."""
+    from bnfold.frontends.keras.loading import load_keras_model
+
+    try:
+        load_keras_model(path, allow_unsafe=True)
+    except InputError as error:
+        keras = keras_of(model)
+        cause = first_line(error.__cause__) if error.__cause__ is not None else str(error)
+        other = ".keras" if path.suffix.lower() != ".keras" else ".onnx"
+        raise OutputError(
+            f"{keras.__name__} {keras.__version__} cannot read the folded model back from "
+            f"{path.suffix}: {cause}; write {other} instead"
         ) from error

@@ -52,6 +52,7 @@ def merge_stage_logs(
     onnx_entries: list[FoldEntry],
     affine_names: list[str],
     layers_known: bool = True,
+    applied: bool = True,
 ) -> list[FoldEntry]:
     """One entry per Keras BN, true of the ONNX graph: a BN the Keras pass left is folded if
     the ONNX pass folded what tf2onnx wrote for it, removed by the converter if no affine of
@@ -59,15 +60,19 @@ def merge_stage_logs(
     Keras BN (a conv bias ``Add``, a custom layer's constant ``Mul``, a Normalization layer's
     per-channel ``Sub``/``Div``) are listed apart, and only when folded. Without Keras layers
     to count (``layers_known`` false: a SavedModel's bare signature), the ONNX pass's own
-    entries are the log."""
+    entries are the log. Where the Keras folds were decided but not ``applied`` (``inspect``
+    converts the model as it is), what the ONNX pass did with a BN the Keras pass folds is
+    that BN's, not another affine's."""
     merged = list(keras_entries)
     rest = list(onnx_entries)
     for index, entry in enumerate(merged):
-        if entry.folded:
+        if entry.folded and applied:
             continue
         mine = [rest[i] for i in _matches(entry.name, [e.name for e in rest])]
         for other in mine:
             rest.remove(other)
+        if entry.folded:
+            continue
         folded = next((other for other in mine if other.folded), None)
         if folded is not None:
             folded.name, folded.kind = entry.name, entry.kind
@@ -129,8 +134,9 @@ def converted_outcome(
 
     onnx_settings = _converted_settings(outcome.entries, onnx_model, settings, layers_known)
     result = fold_model(onnx_model, settings=onnx_settings)  # keras_to_onnx inferred shapes
+    affines = _affine_node_names(result.model)
     entries = merge_stage_logs(
-        outcome.entries, result.entries, _affine_node_names(result.model), layers_known
+        outcome.entries, result.entries, affines, layers_known, applied=outcome.applied
     )
     counts = count_entries(entries)
     if any(entry.folded for entry in entries):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnfold.errors import InputError
+from bnfold.foldlog import FoldEntry, Outcome, Reason
 from bnfold.frontends.keras.loading import (
     StoredModel,
     load_stored,
@@ -129,3 +130,56 @@ def load_saved_model(path: Path, *, allow_unsafe: bool = False) -> Any:
         return load_stored(StoredModel(path, "SavedModel", config, "2"), allow_unsafe)
     model = _signature_model(path)
     return remember(model, "TensorFlow SavedModel without a Keras model (its serving signature)")
+
+
+_FUSED_BATCHNORMS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+# tf.nn.batch_normalization (a tf.keras BN on a non-4-D input) writes its ops in this scope.
+_BATCHNORM_RSQRT = "/batchnorm/Rsqrt"
+_FUNCTION_ATTRIBUTES = ("f", "then_branch", "else_branch", "body", "cond")
+
+
+def _batchnorm_scope(node: Any) -> str | None:
+    if node.op in _FUSED_BATCHNORMS:
+        return str(node.name).rsplit("/", 1)[0]
+    if node.op == "Rsqrt" and str(node.name).endswith(_BATCHNORM_RSQRT):
+        return str(node.name)[: -len(_BATCHNORM_RSQRT)]
+    return None
+
+
+def signature_batchnorms(model: Any) -> list[str]:
+    """The name scopes of the BatchNormalization ops in a wrapped SavedModel's signature
+    (``model/conv1_bn``), found in its graph and every function it calls: TensorFlow writes
+    a BN as FusedBatchNormV3, or as tf.nn.batch_normalization's ops on a non-4-D input."""
+    layer = next(layer for layer in model.layers if getattr(layer, SIGNATURE_MARK, False))
+    graph_def = layer.function.graph.as_graph_def()
+    library = {function.signature.name: function for function in graph_def.library.function}
+    scopes: list[str] = []
+    visited: set[str] = set()
+    pending = [list(graph_def.node)]
+    while pending:
+        for node in pending.pop():
+            scope = _batchnorm_scope(node)
+            if scope is not None and scope not in scopes:
+                scopes.append(scope)
+            for attribute in _FUNCTION_ATTRIBUTES:
+                called = node.attr[attribute].func.name if attribute in node.attr else ""
+                if called in library and called not in visited:
+                    visited.add(called)
+                    pending.append(list(library[called].node_def))
+    return scopes
+
+
+def signature_entries(model: Any) -> list[FoldEntry]:
+    """One entry per BN op of a wrapped SavedModel's signature, left by the Keras pass (there
+    are no Keras layers to rewrite); the ONNX pass then says where each went."""
+    return [
+        FoldEntry(
+            scope,
+            ["BatchNormalization"],
+            Outcome.LEFT,
+            reason=Reason.UNSUPPORTED_LAYER,
+            detail="a SavedModel signature holds TensorFlow ops, not Keras layers",
+            stage="keras",
+        )
+        for scope in signature_batchnorms(model)
+    ]

@@ -1,0 +1,144 @@
+"""The Keras Applications matrix, shared by its tests (``tests/test_keras_applications.py``)
+and its benchmark (``benchmarks/keras_applications.py``): each family built at its smallest
+input with ``weights=None`` and randomised BN statistics, folded to ``.keras``, ``.h5`` and
+``.onnx``, the written file read back and compared with the Keras original, and the BNs the
+log calls left counted in the file itself. TensorFlow is imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# name: (smallest input side the family accepts, its number of BatchNormalization layers)
+APPLICATIONS: dict[str, tuple[int, int]] = {
+    "ResNet50": (32, 53),
+    "ResNet50V2": (32, 49),
+    "MobileNet": (32, 27),
+    "MobileNetV2": (32, 52),
+    "MobileNetV3Small": (32, 34),
+    "EfficientNetB0": (32, 49),
+    "EfficientNetV2B0": (32, 57),
+    "DenseNet121": (32, 121),
+    "Xception": (71, 40),
+    "InceptionV3": (75, 94),
+    "InceptionResNetV2": (75, 204),
+    "NASNetMobile": (32, 192),
+    "RegNetX002": (32, 50),
+    "ConvNeXtTiny": (32, 0),
+}
+SUFFIXES = (".keras", ".h5", ".onnx")
+BATCH = 2
+
+
+def build_application(name: str, seed: int = 0) -> Any:
+    """Keras Application ``name`` at its smallest input, no weights downloaded, BN
+    statistics randomised (an untrained BN is an identity and would hide a wrong fold)."""
+    import keras
+
+    from bnfold.frontends.keras import randomise_batchnorm_statistics
+
+    side, _ = APPLICATIONS[name]
+    keras.utils.set_random_seed(seed)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3))
+    randomise_batchnorm_statistics(model, np.random.default_rng(seed))
+    return model
+
+
+def batchnorms_in_file(path: Path) -> int:
+    """BatchNormalization layers in a Keras file (nested ones too); BN nodes and BN-shaped
+    Mul/Add chains in an ONNX file, as the fold engine finds them."""
+    if path.suffix == ".onnx":
+        import onnx_ir
+
+        from bnfold.graph import iter_graphs
+        from bnfold.rules.affines import find_affine_chains
+
+        model = onnx_ir.load(path)
+        graphs = iter_graphs(model.graph)
+        return sum(chain.is_bn_like for g in graphs for chain in find_affine_chains(g))
+    from bnfold.frontends.keras import load_keras_model
+
+    written = load_keras_model(path)
+    layers = written._flatten_layers(include_self=False)
+    return sum(type(layer).__name__ == "BatchNormalization" for layer in layers)
+
+
+def run_written(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The written file's outputs: ONNX in onnxruntime with optimisations disabled, Keras in
+    the Keras that reads it back."""
+    if path.suffix == ".onnx":
+        from bnfold.frontends.onnx_frontend import OnnxFrontend
+
+        frontend = OnnxFrontend()
+        return frontend.run(frontend.load(str(path), _load_settings()), feeds)
+    from bnfold.frontends.keras import load_keras_model, predict_keras
+
+    return predict_keras(load_keras_model(path), feeds)
+
+
+def _load_settings() -> Any:
+    from bnfold.frontends.base import LoadSettings
+
+    return LoadSettings()
+
+
+@dataclass
+class MatrixRow:
+    """One model folded to one format: the log's counts, the BNs left in the file, the
+    written file's largest error relative to the Keras original's largest output."""
+
+    model: str
+    suffix: str
+    found: int
+    folded: int
+    left: int
+    left_in_file: int
+    max_rel: float
+    seconds: float
+    reasons: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, int] = field(default_factory=dict)
+
+
+def fold_to(model: Any, name: str, path: Path) -> MatrixRow:
+    """Fold ``model`` into ``path`` with the pipeline (check on), then read the file back."""
+    import bnfold
+    from bnfold.frontends.keras import keras_input_specs, predict_keras
+
+    rng = np.random.default_rng(1)
+    feeds = {
+        spec.name: rng.normal(size=(BATCH, *(int(d or 1) for d in spec.shape[1:]))).astype(
+            spec.dtype
+        )
+        for spec in keras_input_specs(model)
+    }
+    expected = predict_keras(model, feeds)
+    started = time.perf_counter()
+    result = bnfold.fold(model, path)
+    seconds = time.perf_counter() - started
+    actual = run_written(path, feeds)
+    worst = max(
+        float(np.max(np.abs(actual[key] - value)) / np.max(np.abs(value)))
+        for key, value in expected.items()
+    )
+    counts = result.counts()
+    stages: dict[str, int] = {}
+    for entry in result.entries:
+        if entry.kind == "batchnorm" and entry.folded:
+            stages[entry.stage] = stages.get(entry.stage, 0) + 1
+    return MatrixRow(
+        name,
+        path.suffix,
+        found=counts["found"],
+        folded=counts["found"] - counts["left"],
+        left=counts["left"],
+        left_in_file=batchnorms_in_file(path),
+        max_rel=worst,
+        seconds=seconds,
+        reasons=dict(counts.get("left_by_reason", {})),
+        stages=stages,
+    )
