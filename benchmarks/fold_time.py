@@ -50,8 +50,9 @@ BUILD_SCRIPT = (
     "onnx.save(model, sys.argv[2])\n"
     "print(sum(len(tensor.raw_data) for tensor in model.graph.initializer))\n"
 )
-# The goals of issue 9: fold time against the floor, and peak RSS against the weights.
-GOAL_NO_CHECK, GOAL_CHECK, GOAL_RSS = 1.5, 2.5, 2.0
+# The goals of issue 16: whole processes against the floor's; peak RSS (issue 9) against
+# the weights.
+GOAL_NO_CHECK, GOAL_CHECK, GOAL_RSS = 1.25, 2.0, 2.0
 
 
 @dataclass
@@ -122,8 +123,8 @@ def print_table(rows: list[Measured], weights: int) -> None:
         )
     (_, _), (no_check, no_check_work), (check, check_work) = ratios
     print(
-        f"goals: no check {no_check:.2f}x (work {no_check_work:.2f}x) <= {GOAL_NO_CHECK}x; "
-        f"check {check:.2f}x (work {check_work:.2f}x) <= {GOAL_CHECK}x; "
+        f"goals (process): no check {no_check:.2f}x <= {GOAL_NO_CHECK}x; "
+        f"check {check:.2f}x <= {GOAL_CHECK}x (work: {no_check_work:.2f}x, {check_work:.2f}x); "
         f"peak RSS <= {GOAL_RSS}x the {weights / 1e6:.0f} MB of weights"
     )
     print("(fastest of the runs; work: in-process seconds, imports and interpreter start left out)")

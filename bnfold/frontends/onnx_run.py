@@ -4,6 +4,8 @@ front end's runner, which the check and the latency measurement call.
 An in-memory model runs as a weight-free skeleton whose large weights are fed from their
 arrays (``model_session``), so a 100 MB model is not copied into bytes and parsed again.
 A model onnxruntime may crash on runs in a child process instead (``onnx_isolation``).
+onnxruntime itself is imported by the first session, so a fold without the check (which
+imports this module through the front end) never loads it.
 """
 
 from __future__ import annotations
@@ -13,23 +15,27 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
-import onnxruntime as ort
 
 from bnfold.errors import InputError
 from bnfold.frontends.onnx import INLINE_LIMIT_BYTES, PLAIN_TYPES, needs_external_data
 from bnfold.frontends.onnx_bytes import model_bytes, weightless_proto
 from bnfold.graph import iter_graphs
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 ModelSource = ir.Model | str | os.PathLike[str] | bytes
 Arrays = dict[str, npt.NDArray[Any]]
 
 
 def session_options(optimization: str = "disable") -> ort.SessionOptions:
+    import onnxruntime as ort  # here, not above: a fold without the check never runs a model
+
     options = ort.SessionOptions()
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -52,6 +58,8 @@ def make_session(
 ) -> ort.InferenceSession:
     """An onnxruntime session for a path, serialized bytes or an in-memory model; a model with
     external weights goes through a temporary folder."""
+    import onnxruntime as ort
+
     options = options or session_options(optimization)
     providers = providers or ["CPUExecutionProvider"]
     if isinstance(source, ir.Model):
