@@ -40,7 +40,7 @@ def _spectrogram_model(rng: np.random.Generator) -> onnx.ModelProto:
 def _frames_model(rng: np.random.Generator) -> onnx.ModelProto:
     """``[frames, bins]`` with no batch axis: a Conv over ``[1, 1, frames, bins]`` whose
     kernel spans 40 frames, so frames must be at least 40 (the batch guess, 2, fails)."""
-    inits = {
+    inits: dict[str, np.ndarray] = {
         "axes": np.array([0, 1], np.int64),
         "w": rng.normal(size=(4, 1, 40, 3)).astype(np.float32),
         **batchnorm_params(rng, 4),

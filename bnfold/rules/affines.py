@@ -294,4 +294,3 @@ def refreshed(chain: AffineChain) -> AffineChain | None:
     if any(op is None for op in ops):
         return None
     return AffineChain([op for op in ops if op is not None])
-
