@@ -32,7 +32,7 @@ from bnfold.frontends.keras.model_io import (
 )
 from bnfold.frontends.keras.runtime import KERAS_SUFFIXES, import_keras, import_tf2onnx
 from bnfold.settings import FoldSettings
-from bnfold.specs import InputSpec
+from bnfold.specs import InputSpec, SizeHints
 
 
 class KerasFrontend:
@@ -51,6 +51,12 @@ class KerasFrontend:
 
     def input_specs(self, model: Any) -> list[InputSpec]:
         return keras_input_specs(model)
+
+    def size_hints(self, model: Any) -> SizeHints:
+        """Sizes the model's own layers need for its free input dims (a Cropping layer's)."""
+        from bnfold.frontends.keras.sizes import size_hints
+
+        return size_hints(model)
 
     def run(self, model: Any, feeds: Mapping[str, npt.NDArray[Any]]) -> Arrays:
         return predict_keras(model, dict(feeds))
