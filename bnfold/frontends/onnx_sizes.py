@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
+import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
@@ -66,6 +68,18 @@ def _large_initializers(model: ir.Model) -> list[str]:
     return large
 
 
+def _small_computed(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
+    """The array a subgraph computes for ``value`` (not a Constant's, which inference reads
+    itself), when small and numeric."""
+    producer = value.producer() if value is not None else None
+    if value is None or producer is None or producer.op_type == "Constant" or not value.name:
+        return None
+    array = constant_value(value)
+    if array is None or array.size > _INLINE_ELEMENTS or array.dtype.kind not in "biuf":
+        return None
+    return array
+
+
 def _computed_constants(model: ir.Model, proto: onnx.ModelProto) -> None:
     """Give the nodes of ``proto`` (``model``'s main graph, serialised in the same order) the
     small constants that subgraphs compute as initializers, where they read them as anything
@@ -73,15 +87,11 @@ def _computed_constants(model: ir.Model, proto: onnx.ModelProto) -> None:
     names = {value.name for value in model.graph.initializers.values()}
     for node, node_proto in zip(model.graph, proto.graph.node, strict=True):
         first = 0 if node.op_type == "ConstantOfShape" else 1
-        for index, value in enumerate(node.inputs):
-            if index < first or value is None or value.producer() is None:
+        for index, value in enumerate(node.inputs[first:], start=first):
+            array = _small_computed(value)
+            if array is None:
                 continue
-            if value.name in names or value.producer().op_type == "Constant":  # type: ignore[union-attr]
-                continue
-            array = constant_value(value)
-            if array is None or array.size > _INLINE_ELEMENTS:
-                continue
-            name = f"{value.name}__bnfold_constant"
+            name = f"{value.name}__bnfold_constant"  # type: ignore[union-attr]
             if name not in names:
                 proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
                 names.add(name)
