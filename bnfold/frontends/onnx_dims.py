@@ -10,22 +10,24 @@ then 16, 32, ...), which fails on a model that cannot run at it. Often the graph
   channels of a Conv (``in/g * g``) or ConvTranspose (``in``);
 - a Reshape to a constant target without ``-1`` fixes the one dynamic dim it does not copy.
 
-The walk goes from each graph input through ops that keep its shape (activations, casts,
-elementwise ops by constants) to the first that fixes a size; a size found for a named dim
-holds for every input that names it.
+The walk goes from each graph input through ops that keep its elements in place
+(activations, casts, elementwise ops by constants), permute its axes (Transpose) or insert and
+remove axes of size 1 (Unsqueeze, Squeeze), following each axis back to the input's; a size
+found for a named dim holds for every input that names it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
 from bnfold.constants import constant_value
-from bnfold.graph import int_attr, node_label
+from bnfold.graph import int_attr, ints_attr, node_label
 from bnfold.specs import SizeHint, SizeHints
 
 _BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
@@ -111,29 +113,88 @@ def _fixed_by(node: ir.Node, index: int, dims: list[int | None]) -> dict[int, Si
     return {}
 
 
-def _readers(value: ir.Value) -> Iterator[tuple[ir.Node, int]]:
-    """Every (node, input index) reading ``value``, through ops that keep its shape."""
-    pending, steps = [value], 0
-    while pending and steps < _MAX_STEPS:
-        current = pending.pop()
-        for use in current.uses():
-            steps += 1
-            yield use.node, use.idx
-            keeps = use.node.op_type in _SAME_SHAPE and use.idx == 0
-            if keeps or (
-                use.node.op_type in _BROADCASTING and _constant(use.node, 1 - use.idx) is not None
-            ):
-                pending.append(use.node.outputs[0])
+@dataclass
+class _Step:
+    """A value on the walk from a graph input: its dims (``None`` where dynamic) and, for
+    each of its axes, the input axis it is (``None`` for an axis Unsqueeze inserted)."""
+
+    value: ir.Value
+    dims: list[int | None]
+    origin: list[int | None]
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """Unsqueeze's or Squeeze's axes: the attribute before opset 13, input 1 after."""
+    attribute = ints_attr(node, "axes")
+    array = _constant(node, 1) if attribute is None else np.asarray(attribute)
+    return None if array is None else [int(axis) for axis in array.reshape(-1)]
+
+
+def _through(step: _Step, node: ir.Node) -> _Step | None:
+    """``step`` past ``node``, which reads it as its data: the same shape (activations, casts,
+    an elementwise op by a constant), permuted (Transpose), or with axes of size 1 inserted
+    or removed (Unsqueeze, Squeeze); ``None`` past anything else."""
+    dims, origin, op = step.dims, step.origin, node.op_type
+    output = node.outputs[0]
+    if op in _SAME_SHAPE or op in _BROADCASTING:
+        return _Step(output, dims, origin)
+    if op == "Transpose":
+        perm = ints_attr(node, "perm") or list(reversed(range(len(dims))))
+        if sorted(perm) != list(range(len(dims))):
+            return None
+        return _Step(output, [dims[p] for p in perm], [origin[p] for p in perm])
+    axes = _axes(node) if op in ("Unsqueeze", "Squeeze") else None
+    if op == "Unsqueeze" and axes is not None:
+        rank = len(dims) + len(axes)
+        inserted = {axis % rank for axis in axes}
+        if len(inserted) != len(axes):
+            return None  # invalid: an axis given twice
+        kept = iter(zip(dims, origin, strict=True))
+        pairs = [(1, None) if axis in inserted else next(kept) for axis in range(rank)]
+        return _Step(output, [size for size, _ in pairs], [axis for _, axis in pairs])
+    if op == "Squeeze" and axes is not None and dims:
+        removed = {axis % len(dims) for axis in axes}
+        left = [axis for axis in range(len(dims)) if axis not in removed]
+        return _Step(output, [dims[a] for a in left], [origin[a] for a in left])
+    return None
+
+
+def _keeps_rank(node: ir.Node, index: int, rank: int) -> bool:
+    """Whether an elementwise op by a constant keeps the rank of its input ``index``."""
+    const = _constant(node, 1 - index) if len(node.inputs) == 2 else None
+    return const is not None and const.ndim <= rank
+
+
+def _steps(value: ir.Value) -> Iterator[tuple[_Step, ir.Node, int]]:
+    """Every (step, reader, input index) from the graph input ``value`` on."""
+    assert value.shape is not None
+    dims = [dim if isinstance(dim, int) else None for dim in value.shape]
+    pending, visits = [_Step(value, dims, list(range(len(dims))))], 0
+    while pending and visits < _MAX_STEPS:
+        step = pending.pop()
+        for use in step.value.uses():
+            visits += 1
+            node = use.node
+            yield step, node, use.idx
+            broadcasting = node.op_type in _BROADCASTING
+            if node.domain not in ("", "ai.onnx") or (use.idx != 0 and not broadcasting):
+                continue
+            if broadcasting and not _keeps_rank(node, use.idx, len(step.dims)):
+                continue  # the output may broadcast to another shape
+            following = _through(step, node)
+            if following is not None:
+                pending.append(following)
 
 
 def _input_hints(value: ir.Value) -> dict[int, SizeHint]:
     assert value.shape is not None
-    dims = [dim if isinstance(dim, int) else None for dim in value.shape]
+    dynamic = {axis for axis, dim in enumerate(value.shape) if not isinstance(dim, int)}
     found: dict[int, SizeHint] = {}
-    for node, index in _readers(value):
-        for axis, hint in _fixed_by(node, index, dims).items():
-            if 0 <= axis < len(dims) and dims[axis] is None and axis not in found:
-                found[axis] = hint
+    for step, node, index in _steps(value):
+        for axis, hint in _fixed_by(node, index, step.dims).items():
+            origin = step.origin[axis] if 0 <= axis < len(step.origin) else None
+            if origin in dynamic and origin not in found:
+                found[origin] = hint
     return found
 
 

@@ -99,6 +99,22 @@ def test_a_reshape_to_a_constant_target_fixes_the_one_dim_it_does_not_copy(rng):
     assert _hints(model) == {("x", 1): (6, "Reshape flatten's target [0, 24]")}
 
 
+def test_axes_are_followed_through_transpose_and_unsqueeze(rng):
+    """``[frames, bins, channels]`` -> Transpose to channels first -> Unsqueeze a batch ->
+    Conv with a ``[8, 3, 3, 3]`` weight: the Conv's 3 input channels are input axis 2."""
+    inits: dict[str, np.ndarray] = {
+        "batch_axis": np.array([0], np.int64),
+        "w": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["chw"], name="channels_first", perm=[2, 0, 1]),
+        helper.make_node("Unsqueeze", ["chw", "batch_axis"], ["nchw"], name="add_batch"),
+        helper.make_node("Conv", ["nchw", "w"], ["y"], name="conv"),
+    ]
+    model = make_model(nodes, [("x", FLOAT, ["frames", "bins", "channels"])], ["y"], inits)
+    assert _hints(model) == {("x", 2): (3, "Conv conv's weight [8, 3, 3, 3]")}
+
+
 def test_a_named_dim_takes_its_size_in_every_input(rng):
     inits = {"w": rng.normal(size=(12, 5)).astype(np.float32)}
     nodes = [
