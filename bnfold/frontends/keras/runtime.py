@@ -120,6 +120,9 @@ def import_tf2onnx() -> Any:
 
 
 def first_line(error: BaseException, limit: int = 240) -> str:
-    text = str(error).strip().splitlines()
+    text = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(text) > 1 and text[0].startswith("Exception encountered when calling"):
+        # Keras puts the layer first and the reason on the next line: say both.
+        text = [f"{text[0].rstrip('.')}: {text[1]}"]
     line = text[0] if text else type(error).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
