@@ -179,3 +179,43 @@ def test_a_kept_keras_bn_is_not_folded_by_the_onnx_pass_either(tmp_path):
     assert result.check is not None and result.check.passed
     nodes = onnx.load(out).graph.node
     assert any("depthwise_bn" in node.name and node.op_type == "Mul" for node in nodes)
+
+
+@pytest.mark.keras
+def test_keep_base_star_keeps_every_bn_of_a_nested_keras_model(tmp_path):
+    keras = pytest.importorskip("keras")
+    from bnfold.frontends.keras import randomise_batchnorm_statistics
+
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            layers.Conv2D(4, 3, name="conv"),
+            layers.BatchNormalization(name="bn_a"),
+            layers.ReLU(),
+            layers.Conv2D(4, 1, name="conv2"),
+            layers.BatchNormalization(name="bn_b"),
+        ],
+        name="base",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            base,
+            layers.Conv2D(2, 1, name="head"),
+            layers.BatchNormalization(name="head_bn"),
+        ]
+    )
+    randomise_batchnorm_statistics(model, np.random.default_rng(3))
+    out = tmp_path / "kept.keras"
+    result = bnfold.fold(model, out, fold=FoldSettings(keep=("base/*",)))
+    entries = by_name(result)
+    assert entries["base/bn_a"].reason is Reason.KEPT_BY_USER
+    assert entries["base/bn_b"].reason is Reason.KEPT_BY_USER
+    assert entries["head_bn"].outcome is Outcome.FOLDED_INTO_PREVIOUS
+    assert result.check is not None and result.check.passed
+    written = keras.models.load_model(out)
+    kinds = [type(layer).__name__ for layer in written.get_layer("base").layers]
+    assert kinds.count("BatchNormalization") == 2
+    assert "BatchNormalization" not in [type(layer).__name__ for layer in written.layers]
