@@ -70,6 +70,9 @@ def matrix_table(rows: list[MatrixRow]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if row.error:
+            lines.append(f"| {row.model} | {row.suffix} | not written: {row.error} |||||| ")
+            continue
         lines.append(
             f"| {row.model} | {row.suffix} | {row.found} | {row.folded} ({_stages(row)}) "
             f"| {row.left} ({_reasons(row)}) | {row.left_in_file} | {row.max_rel:.1e} "
@@ -88,7 +91,7 @@ def paper_table(rows: list[MatrixRow]) -> str:
         cells = []
         for suffix in (".keras", ".onnx"):
             row = by_key.get((name, suffix))
-            cells.append(f"{row.folded} / {row.left}" if row else "not run")
+            cells.append(f"{row.folded} / {row.left}" if row and not row.error else "not run")
         lines.append(f"| {name} | {folded} / {not_folded} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -115,7 +118,7 @@ def main() -> None:
     rows: list[MatrixRow] = []
     for name in args.models:
         rows += run_child(name, tuple(args.formats))
-        print(matrix_table(rows[-len(args.formats) :]).splitlines()[-1], flush=True)
+        print("\n".join(matrix_table(rows[-len(args.formats) :]).splitlines()[2:]), flush=True)
     print(matrix_table(rows))
     print()
     print(paper_table(rows))

@@ -102,6 +102,7 @@ class MatrixRow:
     seconds: float
     reasons: dict[str, int] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
+    error: str = ""  # bnfold's one line when it refused the output (exit code 1 to 4)
 
 
 def fold_to(model: Any, name: str, path: Path) -> MatrixRow:
@@ -118,7 +119,11 @@ def fold_to(model: Any, name: str, path: Path) -> MatrixRow:
     }
     expected = predict_keras(model, feeds)
     started = time.perf_counter()
-    result = bnfold.fold(model, path)
+    try:
+        result = bnfold.fold(model, path)
+    except bnfold.BnfoldError as error:
+        seconds = time.perf_counter() - started
+        return MatrixRow(name, path.suffix, 0, 0, 0, 0, float("nan"), seconds, error=str(error))
     seconds = time.perf_counter() - started
     actual = run_written(path, feeds)
     worst = max(

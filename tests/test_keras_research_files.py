@@ -181,3 +181,24 @@ def test_saved_model_counts_the_bns_tensorflow_fused(tmp_path: Path) -> None:
     }
     assert result.counts()["found"] == 3 and result.counts()["left"] == 0
     assert batchnorms_in_file(tmp_path / "out.onnx") == 0
+
+
+def test_bn_after_concatenate_of_two_convs_folds_into_both(tmp_path: Path) -> None:
+    """NASNet's adjust block: two pooled 1x1 convs concatenated, then a BN; each conv takes
+    its slice of the BN (before: left, 'follows Concatenate, which no rule can fold into')."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    paths = [
+        layers.Conv2D(4, 1, use_bias=False, name=f"conv_{i}")(layers.AveragePooling2D(1, 2)(inputs))
+        for i in range(2)
+    ]
+    outputs = layers.BatchNormalization(name="bn")(layers.Concatenate()(paths))
+    model = keras.Model(inputs, layers.Activation("relu")(outputs))
+    frontend.randomise_batchnorm_statistics(model, np.random.default_rng(0))
+    result = bnfold.fold(model, tmp_path / "out.keras")
+    (entry,) = result.entries
+    assert entry.outcome is Outcome.FOLDED_INTO_PREVIOUS and entry.target == ["conv_0", "conv_1"]
+    assert result.check is not None and result.check.max_rel <= BOUND
+    assert batchnorms_in_file(tmp_path / "out.keras") == 0

@@ -235,7 +235,8 @@ def lower_conv_transpose(emit: Emitter, call: Call) -> ir.Value:
 
 
 def lower_layout(emit: Emitter, call: Call) -> ir.Value | None:
-    """Flatten, Reshape, Permute and the inference-time identities; ``None`` otherwise."""
+    """Flatten, Reshape, Permute, Concatenate and the inference-time identities; ``None``
+    otherwise."""
     data, shape, name = call.inputs[0], ir_shape(call.output_shape), call.class_name
     if name in IDENTITY_LAYERS:
         return emit.node("Identity", [data], "", shape)
@@ -246,6 +247,10 @@ def lower_layout(emit: Emitter, call: Call) -> ir.Value | None:
         return emit.node("Reshape", [data, emit.constant(target, "shape")], "", shape)
     if name == "Permute":
         return emit.node("Transpose", [data], "", shape, {"perm": [0, *call.config["dims"]]})
+    if name == "Concatenate" and call.output_shape is not None:
+        # A BN after it folds into each input's layer (the core's Concat rule), all or none.
+        axis = int(call.config.get("axis", -1)) % len(call.output_shape)
+        return emit.node("Concat", list(call.inputs), "", shape, {"axis": axis})
     return None
 
 

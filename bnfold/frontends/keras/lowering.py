@@ -175,7 +175,8 @@ class _Walk:
         emit = Emitter(self.lowered.graph, node_path, path)
         in_tensors = _flatten(node.input_tensors)
         output = None
-        if len(inputs) == 1 and len(out_tensors) == 1:
+        described = len(inputs) == 1 or type(operation).__name__ == "Concatenate"
+        if described and len(out_tensors) == 1:
             output = self._describe(operation, record, emit, inputs, in_tensors, out_tensors)
         if output is None:
             return self._opaque(emit, record, inputs, out_tensors)
