@@ -37,6 +37,11 @@ class FoldSettings:
     forward: bool = True
     rebuild: bool = True
 
+    def __post_init__(self) -> None:
+        # keep="bn1" means one pattern, not the patterns "b", "n" and "1".
+        keep = (self.keep,) if isinstance(self.keep, str) else tuple(self.keep)
+        object.__setattr__(self, "keep", keep)
+
     def kept_by(self, name: str) -> str | None:
         """The first ``keep`` pattern that matches ``name``, or ``None``."""
         return next((pattern for pattern in self.keep if fnmatchcase(name, pattern)), None)

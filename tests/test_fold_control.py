@@ -219,3 +219,8 @@ def test_keep_base_star_keeps_every_bn_of_a_nested_keras_model(tmp_path):
     kinds = [type(layer).__name__ for layer in written.get_layer("base").layers]
     assert kinds.count("BatchNormalization") == 2
     assert "BatchNormalization" not in [type(layer).__name__ for layer in written.layers]
+
+
+def test_one_pattern_given_as_a_string_is_one_pattern():
+    assert FoldSettings(keep="bn1").keep == ("bn1",)  # type: ignore[arg-type]
+    assert FoldSettings(keep=["bn1", "bn2"]).keep == ("bn1", "bn2")  # type: ignore[arg-type]
