@@ -91,13 +91,16 @@ def concrete_shape(
 
 
 def size_sources(specs: list[InputSpec], dims: Mapping[str, int], sizing: DimSizing) -> str:
-    """Where each dynamic dimension's size comes from, for the check's first line:
-    ``x[0]=2 default batch, x[1]=80 from MatMul fc's weight [80, 16]``."""
-    return ", ".join(
-        "{}[{}]={} {}".format(spec.name, axis, *sizing.sized(spec, axis, dims))
-        for spec in specs
-        for axis, dim in enumerate(spec.shape)
-        if not _is_fixed(dim)
+    """Where each dynamic dimension's size comes from, for the check's first line, dims of
+    one size and source together: ``a[0], b[0]=2 default batch; a[1]=80 from MatMul fc's
+    weight [80, 16]``."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape):
+            if not _is_fixed(dim):
+                groups.setdefault(sizing.sized(spec, axis, dims), []).append(f"{spec.name}[{axis}]")
+    return "; ".join(
+        f"{', '.join(names)}={size} {source}" for (size, source), names in groups.items()
     )
 
 

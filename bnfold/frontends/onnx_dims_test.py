@@ -135,8 +135,8 @@ def test_the_check_runs_a_spectrogram_model_at_the_sizes_its_graph_fixes(tmp_pat
     assert result.check is not None and result.check.passed
     assert result.check.max_rel <= 1e-5
     assert result.check.inputs == (
-        "random normal, seed 0: x[2, 80, 3]; sizes: x[0]=2 default batch, "
-        "x[1]=80 from Mul normalise's constant [80, 3], "
+        "random normal, seed 0: x[2, 80, 3]; sizes: x[0]=2 default batch; "
+        "x[1]=80 from Mul normalise's constant [80, 3]; "
         "x[2]=3 from Mul normalise's constant [80, 3]"
     )
     assert [entry.outcome.value for entry in result.entries] == ["folded_into_previous"]
@@ -150,7 +150,7 @@ def test_the_first_dim_is_tried_at_the_fallback_sizes_too(tmp_path, rng):
     result = bnfold.fold(path)
     assert result.check is not None and result.check.passed
     assert result.check.inputs.startswith(
-        "random normal, seed 0: x[64, 64]; sizes: x[0]=64 fallback"
+        "random normal, seed 0: x[64, 64]; sizes: x[0], x[1]=64 fallback size"
     )
     assert result.entries[0].outcome.value == "folded_into_previous"
 
