@@ -224,3 +224,21 @@ def test_keep_base_star_keeps_every_bn_of_a_nested_keras_model(tmp_path):
 def test_one_pattern_given_as_a_string_is_one_pattern():
     assert FoldSettings(keep="bn1").keep == ("bn1",)  # type: ignore[arg-type]
     assert FoldSettings(keep=["bn1", "bn2"]).keep == ("bn1", "bn2")  # type: ignore[arg-type]
+
+
+@pytest.mark.keras
+def test_a_kept_bn_of_a_shared_keras_layer_stays_in_onnx(tmp_path):
+    """The Keras pass leaves both BNs (a shared Dense) for that reason; the ONNX pass, which
+    folds them into per-call copies otherwise, keeps the one the user named."""
+    pytest.importorskip("tensorflow")
+    from bnfold.frontends.keras import randomise_batchnorm_statistics
+    from tests.test_keras_log import onnx_batchnorms_left, shared_dense
+
+    model = shared_dense()
+    randomise_batchnorm_statistics(model, np.random.default_rng(2))
+    out = tmp_path / "shared.onnx"
+    result = bnfold.fold(model, out, fold=FoldSettings(keep=("bn_a",)))
+    entries = by_name(result)
+    assert entries["bn_a"].outcome is Outcome.LEFT and entries["bn_b"].folded
+    assert result.check is not None and result.check.passed
+    assert onnx_batchnorms_left(out) == 1

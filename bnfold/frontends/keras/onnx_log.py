@@ -16,7 +16,7 @@ import re
 import onnx_ir as ir
 
 from bnfold.fold import ALL_FOLDS
-from bnfold.foldlog import AFFINE, FoldEntry, Outcome, Reason, count_entries
+from bnfold.foldlog import AFFINE, FoldEntry, Outcome, count_entries
 from bnfold.frontends.base import FoldOutcome
 from bnfold.settings import FoldSettings
 
@@ -110,7 +110,9 @@ def _converted_settings(
     from bnfold.graph import iter_graphs
     from bnfold.rules.affines import find_affine_chains
 
-    kept = [entry.name for entry in entries if entry.reason is Reason.KEPT_BY_USER]
+    # By pattern, not by reason: a kept BN the Keras pass left for another reason (a shared
+    # layer) must not fold here either.
+    kept = [entry.name for entry in entries if settings.kept_by(entry.name) is not None]
     labels = [
         chain.label
         for graph in iter_graphs(model.graph)
