@@ -1,89 +1,96 @@
-"""Keras Applications (ResNet50, MobileNetV2; weights=None, 64x64, randomised BN statistics)
-saved as .h5 and .keras, loaded, folded on Keras and compared with Keras' own prediction.
+"""Every Keras Applications family folded to .keras, .h5 and .onnx (issue 14's matrix): exit 0,
+the written file reads back, its output is within 1e-5 of the Keras original (relative to the
+largest output), and the log's ``left`` equals the BNs really left in the file.
 
-The models are written to a temporary folder, never committed. Outputs are logits
-(``classifier_activation=None``) so that the comparison is not flattened by a softmax.
+Each family is built at its smallest input with ``weights=None`` and randomised BN statistics
+(``bnfold.testing_keras``). The few cases in ``FAST`` run in ``make test``; the rest are marked
+``slow`` (``make test-slow``); ``benchmarks/keras_applications.py`` runs them all and writes
+the table in docs/keras.md.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
-ort = pytest.importorskip("onnxruntime")
-import onnx_ir  # noqa: E402
 
-from bnfold.fold import fold_model  # noqa: E402
-from bnfold.frontends import keras as frontend  # noqa: E402
-from bnfold.frontends.onnx import infer_shapes  # noqa: E402
+from bnfold.errors import OutputError  # noqa: E402
+from bnfold.testing_keras import (  # noqa: E402
+    APPLICATIONS,
+    SUFFIXES,
+    batchnorms_in_file,
+    build_application,
+    fold_to,
+)
 
 pytestmark = pytest.mark.keras
 BOUND = 1e-5
-
-APPLICATIONS = {
-    # name: (builder, BN layers in the model); every BN follows a linear conv: all fold.
-    "MobileNetV2": (keras.applications.MobileNetV2, 52),
-    "ResNet50": (keras.applications.ResNet50, 53),
-}
-
-
-def relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
-@pytest.fixture(scope="module", params=list(APPLICATIONS))
-def application(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    name = request.param
-    build, batchnorms = APPLICATIONS[name]
-    keras.utils.set_random_seed(0)
-    model = build(input_shape=(64, 64, 3), weights=None, classifier_activation=None)
-    frontend.randomise_batchnorm_statistics(model, np.random.default_rng(1))
-    folder = tmp_path_factory.mktemp(name)
-    paths = {suffix: folder / f"{name}{suffix}" for suffix in (".h5", ".keras")}
-    for path in paths.values():
-        model.save(path)
-    (spec,) = frontend.keras_input_specs(model)
-    feeds = {spec.name: np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32)}
-    return {"name": name, "paths": paths, "batchnorms": batchnorms, "feeds": feeds}
+# Xception's rebuilt layer order differs from the original's (the positional write-back
+# crashed on it); MobileNetV3Small is the smallest family with BNs after depthwise convs, and
+# Keras ops (`x + 3.0`) between layers, through all three formats.
+FAST = {("Xception", ".keras"), ("Xception", ".h5"), *(("MobileNetV3Small", s) for s in SUFFIXES)}
+# Keras 3 writes these as .h5 but cannot read them back (its legacy loader rejects the
+# `x + 3.0` of hard-swish and ConvNeXt's two-input Add); bnfold says so, writing nothing.
+UNREADABLE = {("ConvNeXtTiny", ".h5"), ("MobileNetV3Small", ".h5")}
+PRE_ACTIVATION_LEFT = {"ResNet50V2": 17, "DenseNet121": 62}
+CASES = [
+    pytest.param(name, suffix, marks=() if (name, suffix) in FAST else pytest.mark.slow)
+    for name in APPLICATIONS
+    for suffix in SUFFIXES
+]
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".keras"])
-def test_application_folds_every_bn_and_matches_keras(
-    application: dict[str, Any], suffix: str
+@pytest.fixture(scope="module")
+def built() -> dict[str, Any]:
+    return {}
+
+
+def application(name: str, built: dict[str, Any]) -> Any:
+    if name not in built:
+        built.clear()  # one family in memory at a time
+        built[name] = build_application(name)
+    return built[name]
+
+
+@pytest.mark.parametrize(("name", "suffix"), CASES)
+def test_application_folds_to_a_file_that_matches_keras(
+    name: str, suffix: str, built: dict[str, Any], tmp_path: Path
 ) -> None:
-    model = frontend.load_keras_model(application["paths"][suffix])
-    folded, entries = frontend.fold_keras_model(model)
+    model = application(name, built)
+    out = tmp_path / f"{name}{suffix}"
+    if (name, suffix) in UNREADABLE:
+        with pytest.raises(OutputError, match="cannot read the folded model back"):
+            fold_to(model, name, out)
+        assert list(tmp_path.iterdir()) == []
+        return
+    row = fold_to(model, name, out)
+    _, batchnorms = APPLICATIONS[name]
+    assert row.found == batchnorms
+    assert row.left == row.left_in_file
+    assert row.folded + row.left == row.found
+    assert row.max_rel <= BOUND
+    # Pre-activation networks leave the BNs that have a linear layer on neither side
+    # (BN -> ReLU -> Conv after an Add or a Concatenate); every other BN folds.
+    left = PRE_ACTIVATION_LEFT.get(name, 0)
+    assert (row.left, row.reasons) == (left, {"no_linear_neighbour": left} if left else {})
 
-    outcomes = Counter(entry.outcome.value for entry in entries)
-    assert outcomes == {"folded_into_previous": application["batchnorms"]}
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
-    expected = frontend.predict_keras(model, application["feeds"])
-    actual = frontend.predict_keras(folded, application["feeds"])
-    for output, values in expected.items():
-        assert relative_error(values, actual[output]) <= BOUND
 
+def test_a_family_without_bn_comes_back_unchanged(tmp_path: Path) -> None:
+    """A Keras model nothing folds in is written as it was: same layers, same weights."""
+    import numpy as np
 
-@pytest.mark.slow
-def test_application_through_tf2onnx_and_the_onnx_engine(application: dict[str, Any]) -> None:
-    model = frontend.load_keras_model(application["paths"][".keras"])
-    folded, _ = frontend.fold_keras_model(model)
-    expected = frontend.predict_keras(model, application["feeds"])
-    result = fold_model(infer_shapes(frontend.keras_to_onnx(folded)))
-    assert result.counts()["left"] == 0
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        onnx_ir.to_proto(result.model).SerializeToString(),
-        options,
-        providers=["CPUExecutionProvider"],
-    )
-    (actual,) = session.run(None, application["feeds"])
-    assert not any(node.op_type == "BatchNormalization" for node in result.model.graph)
-    assert relative_error(next(iter(expected.values())), actual) <= BOUND
+    from bnfold.frontends.keras import load_keras_model
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    model.layers[0].set_weights([np.arange(108, dtype=np.float32).reshape(3, 3, 3, 4), np.ones(4)])
+    row = fold_to(model, "plain", tmp_path / "plain.keras")
+    assert (row.found, row.left, row.max_rel) == (0, 0, 0.0)
+    written = load_keras_model(tmp_path / "plain.keras")
+    assert [type(layer).__name__ for layer in written.layers] == ["Conv2D"]
+    for before, after in zip(model.get_weights(), written.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert batchnorms_in_file(tmp_path / "plain.keras") == 0

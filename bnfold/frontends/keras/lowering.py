@@ -202,6 +202,8 @@ class _Walk:
             return None  # TimeDistributed(anything but Dense or BN) stays opaque
         if str(type(source).__module__).split(".")[0] not in ("keras", "tf_keras"):
             return None  # a custom subclass of a Keras layer may compute anything
+        if not hasattr(source, "get_weights"):
+            return None  # an op called on a tensor (Keras 3's ``x + 3.0``), not a layer
         call = Call(
             record.class_name,
             source.get_config(),
