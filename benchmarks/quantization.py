@@ -61,7 +61,10 @@ STATISTICS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "calibrated": ((0.0, 0.0), (0.0, 0.0)),
     "randomised": ((-1.0, 0.5), (-1.0, 0.0)),
 }
-CALIBRATION_BATCH = 2  # images per run that sets a BN's statistics
+# Samples a BN's statistics are measured on, per channel, at the smallest (1/32) feature map:
+# a few images' worth at 224x224 (7x7 each), more images at smaller sizes, so that no variance
+# comes from a handful of values (a near-zero one makes the fold scale huge for nothing).
+STATISTICS_SAMPLES = 96
 EVALUATION_SEED = 1000  # evaluation inputs never overlap the calibration ones
 
 
@@ -132,7 +135,7 @@ def randomise_batchnorm(proto: onnx.ModelProto, seed: int, size: int, statistics
         statistics[bn.input[3]] = np.zeros(channels, np.float32)
         statistics[bn.input[4]] = np.ones(channels, np.float32)
     session = _session(_probe(proto, batchnorms))
-    images = _images(seed, size, CALIBRATION_BATCH)
+    images = _images(seed, size, _statistics_batch(size))
     for bn in batchnorms:  # each BN sees the inputs its predecessors' final statistics make
         (seen,) = session.run([bn.input[0]], {"input": images, **statistics})
         mean, variance = seen.mean(axis=(0, 2, 3)), seen.var(axis=(0, 2, 3))
@@ -141,6 +144,11 @@ def randomise_batchnorm(proto: onnx.ModelProto, seed: int, size: int, statistics
         statistics[bn.input[4]] = (variance * factor).astype(np.float32)
     for name, array in statistics.items():
         _set(proto, name, array)
+
+
+def _statistics_batch(size: int) -> int:
+    smallest = max(1, size // 32) ** 2
+    return max(2, -(-STATISTICS_SAMPLES // smallest))
 
 
 class _Reader(CalibrationDataReader):
