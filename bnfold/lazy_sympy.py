@@ -2,7 +2,7 @@
 
 onnx_ir imports sympy when it is imported (``onnx_ir._core``, and its expression parser
 ``onnx_ir._symbolic_shapes``, whose table of functions reads ``sympy.Max`` and the like), for
-arithmetic on symbolic dimensions that bnfold never does: about 0.35 s and 30 MB of a fold
+arithmetic on symbolic dimensions that bnfold never does: about 0.35 s and 34 MB of a fold
 that otherwise takes a second or two. ``defer_sympy`` puts a stand-in for each of the two
 modules in ``sys.modules``: an ``import`` of it finds the stand-in, and the first attribute
 read from it imports the real module and answers from it, so anything that does use sympy
