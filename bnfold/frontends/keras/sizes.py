@@ -29,7 +29,7 @@ def _crop_totals(class_name: str, config: dict[str, Any]) -> list[int]:
     return [sum(int(c) for c in axis) for axis in cropping]
 
 
-def _probe_shape(specs: list[InputSpec], probed: tuple[str, int], length: int) -> list[Any]:
+def _probe_shape(specs: list[InputSpec], probed: tuple[str, int], length: int) -> Any:
     shapes = []
     for spec in specs:
         shape = [
