@@ -32,14 +32,16 @@ import onnx_ir as ir
 from bnfold.constants import constant_value
 from bnfold.frontends.onnx import needs_external_data
 from bnfold.frontends.onnx_bytes import weightless_proto
+from bnfold.frontends.onnx_symbolic import ort_symbolic_dims
 
 # Initializers above this many elements become typed graph inputs in the copy that is
 # inferred: inference needs their shapes, not their values. Computed constants above it are
 # left to inference too.
 _INLINE_ELEMENTS = 1024
-# A symbol that inference made up (onnx writes ``unk__3``) is renamed with this prefix, so that
-# it can never equal a symbol of the model's own shapes, which come from another inference.
-_INFERRED = "bnfold?"
+# A symbol that an inference made up (onnx writes ``unk__3``) is renamed with its prefix, so
+# that it can never equal a symbol of another inference or of the model's own shapes.
+_INFERRED = "bnfold?onnx:"
+_ORT_INFERRED = "bnfold?ort:"
 
 Dim = int | str | None
 
@@ -147,7 +149,36 @@ def inferred_shapes(
     for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
             found[info.name] = ir.Shape(_dims(info, symbols))
+    if not _complete(model, found):
+        _add_ort_symbolic(found, proto, symbols)
     return found
+
+
+def _complete(model: ir.Model, found: dict[str, ir.Shape]) -> bool:
+    """Whether every value has a shape of sizes and the inputs' own symbols, which no other
+    inference could better."""
+    for node in model.graph:
+        for value in node.outputs:
+            shape = found.get(value.name or "")
+            if shape is None or any(
+                not isinstance(dim, int) and (dim.value is None or dim.value.startswith(_INFERRED))
+                for dim in shape
+            ):
+                return False
+    return True
+
+
+def _add_ort_symbolic(
+    found: dict[str, ir.Shape], proto: onnx.ModelProto, symbols: set[str]
+) -> None:
+    """Where onnxruntime's symbolic inference says more of a value than onnx's (a Reshape to a
+    shape computed by ``Shape`` ops: ``[N, C, H*W]``, or at the check's sizes ``[2, C, 256]``),
+    its dims replace them."""
+    for name, dims in ort_symbolic_dims(proto, symbols, _ORT_INFERRED).items():
+        shape = ir.Shape(dims)
+        current = found.get(name)
+        if current is None or (current.rank() == shape.rank() and _known(shape) > _known(current)):
+            found[name] = shape
 
 
 def static_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, ir.Shape]:

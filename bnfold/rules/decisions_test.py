@@ -7,7 +7,8 @@ its check, onnxruntime without optimisations) decide alike, and the fold is exac
 - PaddleOCR: LayerNorm written out as ops, its scale and shift, MatMul, the MatMul's bias Add;
 - PyTorch's ``fuse_linear_bn_eval`` with ``num_features == 1``;
 - an EEG detector's BN before a ConvTranspose with kernel = stride (left, ``shift_not_bias``);
-- a Conv -> Reshape ``[0, 0, -1]`` -> BN with dynamic batch and height;
+- a Conv -> Reshape ``[0, 0, -1]`` -> BN with dynamic batch and height, and PyTorch's
+  ``x.view(x.size(0), x.size(1), -1)`` before a Conv1d or after a Conv2d;
 - music-analysis CNNs without a batch axis, which the check sizes from the graph
   (``bnfold/frontends/onnx_dims_test.py``).
 """
@@ -148,6 +149,44 @@ def reshape_keeping_batch(rng: np.random.Generator) -> onnx.ModelProto:
     return make_model(nodes, [("x", FLOAT, ["N", 3, "H", 4])], ["y"], inits)
 
 
+def torch_view(rng: np.random.Generator, *, forward: bool) -> onnx.ModelProto:
+    """``x.view(x.size(0), x.size(1), -1)`` as PyTorch exports it (``Shape -> Slice -> Concat
+    -> Reshape``) between a BN over ``[N, 4, H, W]`` and a Conv1d (forward), or between a
+    Conv2d and a BatchNorm1d (backward): ONNX's inference leaves the Reshape's output unknown,
+    onnxruntime's symbolic inference finds ``[N, 4, H*W]``."""
+    inits: dict[str, np.ndarray] = {
+        "start": np.array([0], np.int64),
+        "end": np.array([2], np.int64),
+        "rest": np.array([-1], np.int64),
+        **batchnorm_params(rng, 4),
+    }
+    view = [
+        helper.make_node("Shape", ["n"], ["shape"], name="size"),
+        helper.make_node("Slice", ["shape", "start", "end"], ["nc"], name="first_two"),
+        helper.make_node("Concat", ["nc", "rest"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["n", "target"], ["flat"], name="view"),
+    ]
+    if forward:
+        inits["w"] = rng.normal(size=(5, 4, 1)).astype(np.float32)
+        nodes = [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            batchnorm_node("r", "n"),
+            *view,
+            helper.make_node("Conv", ["flat", "w"], ["y"], name="conv1d"),
+        ]
+        output = ("y", FLOAT, ["N", 5, "L"])
+    else:
+        inits["w"] = rng.normal(size=(4, 3, 1, 1)).astype(np.float32)
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["n"], name="conv2d"),
+            *view,
+            batchnorm_node("flat", "y"),
+        ]
+        output = ("y", FLOAT, ["N", 4, "L"])
+    channels = 4 if forward else 3
+    return make_model(nodes, [("x", FLOAT, ["N", channels, "H", "W"])], [output], inits)
+
+
 Decision = tuple[str, str, str | None, tuple[str, ...]]
 
 PATTERNS: dict[str, tuple[Callable[[np.random.Generator], onnx.ModelProto], list[Decision]]] = {
@@ -161,6 +200,14 @@ PATTERNS: dict[str, tuple[Callable[[np.random.Generator], onnx.ModelProto], list
     "reshape_keeping_batch": (
         reshape_keeping_batch,
         [("bn", "folded_into_previous", None, ("conv",))],
+    ),
+    "torch_view_forward": (
+        lambda rng: torch_view(rng, forward=True),
+        [("bn", "folded_into_next", None, ("conv1d",))],
+    ),
+    "torch_view_backward": (
+        lambda rng: torch_view(rng, forward=False),
+        [("bn", "folded_into_previous", None, ("conv2d",))],
     ),
     # Sized by the graph (bins, channels) and by the first dim at the fallback sizes (frames).
     "spectrogram": (_spectrogram_model, [("bn", "folded_into_previous", None, ("conv",))]),

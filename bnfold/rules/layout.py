@@ -12,6 +12,7 @@ before it on both sides) whatever ``N`` and ``H`` are; an unnamed one proves not
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import onnx_ir as ir
@@ -21,6 +22,7 @@ from bnfold.graph import ints_attr, node_label, rank_of
 from bnfold.rules.commuting import is_commuting, map_axis
 
 Dim = int | str | None
+_PRODUCT = re.compile(r"\w+(\*\w+)+")
 Product = tuple[int, tuple[str, ...]]
 """A product of dimensions: the static factor and the named symbols, sorted."""
 
@@ -33,12 +35,20 @@ def symbolic_dims(value: ir.Value) -> tuple[Dim, ...] | None:
     return tuple(dim if isinstance(dim, int) else dim.value for dim in value.shape)
 
 
+def _factors(dim: int | str) -> list[int | str]:
+    """A dim as factors: symbolic inference writes a product as ``32*H*W``."""
+    if isinstance(dim, int) or not _PRODUCT.fullmatch(dim):
+        return [dim]
+    return [int(part) if part.isdigit() else part for part in dim.split("*")]
+
+
 def product(dims: Sequence[Dim]) -> Product | None:
     """``dims`` multiplied, ``None`` when one is unnamed."""
     if any(dim is None for dim in dims):
         return None
-    static = math.prod(dim for dim in dims if isinstance(dim, int))
-    return static, tuple(sorted(dim for dim in dims if isinstance(dim, str)))
+    factors = [factor for dim in dims if dim is not None for factor in _factors(dim)]
+    static = math.prod(factor for factor in factors if isinstance(factor, int))
+    return static, tuple(sorted(factor for factor in factors if isinstance(factor, str)))
 
 
 def _reshaped_axis(

@@ -7,6 +7,7 @@ from onnx import TensorProto, helper
 from bnfold.foldlog import Reason
 from bnfold.rules.affines import find_affine_chains
 from bnfold.rules.base import weight_dtype_skip
+from bnfold.rules.layout import _reshaped_axis, product
 from bnfold.testing import batchnorm_node, batchnorm_params, fold_and_compare, make_model, op_types
 
 FLOAT = TensorProto.FLOAT
@@ -104,3 +105,14 @@ def test_integer_weights_are_refused():
     skip = weight_dtype_skip(np.ones(3, np.int32))
     assert skip is not None and skip.reason is Reason.UNSUPPORTED_DTYPE
     assert weight_dtype_skip(np.ones(3, np.float16)) is None
+
+
+def test_products_compare_named_dims_and_the_expressions_inference_writes():
+    """``[N, C, H, 4]`` and ``[N, C, 4*H]``: the same elements after C; an unnamed dim (None)
+    and a symbol another inference made up prove nothing."""
+    assert product(["H", 4]) == product(["4*H"]) == (4, ("H",))
+    assert product(["N", 32, "H", "W"]) == product(["N", "32*H*W"])
+    assert product(["H", None]) is None
+    assert product(["bnfold?onnx:unk__1"]) != product(["bnfold?ort:unk__1"])
+    assert _reshaped_axis(("N", 4, "H", 4), ("N", 4, None), 1, 4) == 1
+    assert _reshaped_axis((None, 4, "H", 4), (None, 4, None), 1, 4) is None
