@@ -44,7 +44,13 @@ class FoldOutcome:
 
 
 class Frontend(Protocol):
-    """One model format. ``name`` is what the log and the report call it ("onnx", "keras")."""
+    """One model format. ``name`` is what the log and the report call it ("onnx", "keras").
+
+    Optional, looked up by the pipeline: ``size_hints(model) -> bnfold.specs.SizeHints``, the
+    sizes the model fixes for its dynamic input dims by (input, axis), which the check runs
+    at (the ONNX front end reads them from the graph: ``frontends/onnx_dims.py``); a front
+    end without it leaves every dynamic dim to ``--dim`` and the default sizes.
+    """
 
     name: str
     suffixes: tuple[str, ...]
