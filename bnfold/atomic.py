@@ -71,7 +71,7 @@ def _free_bytes(path: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def _scratch_beside(target: Path) -> Path:
+def _check_target(target: Path) -> None:
     folder = target.parent
     if not folder.is_dir():
         if folder.exists():
@@ -79,9 +79,11 @@ def _scratch_beside(target: Path) -> Path:
         raise OutputError(f"{folder}: output folder does not exist")
     if target.is_dir():
         raise OutputError(f"{target}: is a folder")
+
+
+def _make_scratch(folder: Path) -> Path:
     try:
-        with signals_deferred():  # the folder is made and named together, or not at all
-            return Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
+        return Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
     except OSError as error:
         raise OutputError(f"{folder}: cannot write ({error.strerror})") from error
 
@@ -90,12 +92,16 @@ def _scratch_beside(target: Path) -> Path:
 def atomic_folder(target: Path) -> Iterator[Path]:
     """A temporary folder beside ``target``; whatever the caller writes there and moves out
     stays, the rest is removed on any way out (an error, an interrupt)."""
-    scratch = _scratch_beside(target)
+    _check_target(target)
+    scratch: Path | None = None
     try:
+        with signals_deferred():  # a signal lands once the folder is known, so it goes too
+            scratch = _make_scratch(target.parent)
         yield scratch
     finally:
-        with signals_deferred():  # a second Ctrl-C does not stop the clean-up halfway
-            shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            with signals_deferred():  # a second Ctrl-C does not stop the clean-up halfway
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_atomically(target: str | os.PathLike[str], write: Callable[[Path], object]) -> None:

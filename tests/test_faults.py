@@ -21,6 +21,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,6 +30,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
+from bnfold import atomic
 from bnfold.cli import cli
 
 BNFOLD = str(Path(sys.executable).with_name("bnfold"))
@@ -335,3 +337,47 @@ def test_a_read_only_folder_is_exit_4_and_leaves_it_as_it_was(
         f"bnfold: error: {tmpfs}: cannot write (Read-only file system)"
     ]
     assert left_in(tmpfs) == earlier
+
+
+# --------------------------------------------------------------------------- bnfold.atomic
+
+
+def test_a_signal_in_a_deferred_block_takes_effect_after_it() -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt), atomic.signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler would have run by now
+        steps.append("after the signal")
+    assert steps == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_while_the_scratch_folder_is_made_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_mkdtemp = atomic.tempfile.mkdtemp
+
+    def interrupted_mkdtemp(**kwargs: Any) -> str:
+        made = real_mkdtemp(**kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", interrupted_mkdtemp)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_atomically(tmp_path / "out.txt", lambda staged: staged.write_text("x"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_write_leaves_nothing_and_a_finished_one_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    def write_then_interrupt(staged: Path) -> None:
+        staged.write_text("half")
+        raise KeyboardInterrupt
+
+    (tmp_path / "out.txt").write_text("earlier")
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_atomically(tmp_path / "out.txt", write_then_interrupt)
+    assert left_in(tmp_path) == {"out.txt": b"earlier"}
+    atomic.write_atomically(tmp_path / "out.txt", lambda staged: staged.write_text("whole"))
+    assert left_in(tmp_path) == {"out.txt": b"whole"}

@@ -204,8 +204,8 @@ def save_onnx(
             overwritten = _reads_from(model, path.parent / data_name)
             with signals_deferred():  # both files move, or neither
                 _replace_pair(scratch, staged, path, data_name)
-            if overwritten:
-                _repoint(model, path)
+                if overwritten:  # and the model in memory follows them
+                    _repoint(model, path)
         except OSError as error:
             raise cannot_write(path, error) from error
 
