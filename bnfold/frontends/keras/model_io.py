@@ -3,8 +3,11 @@ its BN statistics for tests."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from bnfold.frontends.keras.runtime import (
     first_line,
     import_keras,
     keras_of,
+    log,
     quiet_keras,
 )
 from bnfold.specs import InputSpec
@@ -166,6 +170,18 @@ def save_keras_model(model: Any, path: Path) -> None:
         ) from error
 
 
+@contextlib.contextmanager
+def _quiet_reload() -> Iterator[None]:
+    """The load warning for the model's Lambda layers was said when it was read; a read-back
+    of bnfold's own output says nothing."""
+    previous = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
+
+
 def ensure_readable(model: Any, path: Path) -> None:
     """Read a written Keras file back before it takes the output's name: Keras writes some
     models it cannot read (Keras 3's legacy .h5 of ConvNeXt), and a file nobody can load is
@@ -173,7 +189,8 @@ def ensure_readable(model: Any, path: Path) -> None:
     from bnfold.frontends.keras.loading import load_keras_model
 
     try:
-        load_keras_model(path, allow_unsafe=True)
+        with _quiet_reload():
+            load_keras_model(path, allow_unsafe=True)
     except InputError as error:
         keras = keras_of(model)
         cause = first_line(error.__cause__) if error.__cause__ is not None else str(error)
