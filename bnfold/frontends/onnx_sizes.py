@@ -149,23 +149,24 @@ def inferred_shapes(
     for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
             found[info.name] = ir.Shape(_dims(info, symbols))
-    if not _complete(model, found):
+    if _incomplete(model, found, sized=bool(shapes)):
         _add_ort_symbolic(found, proto, symbols)
     return found
 
 
-def _complete(model: ir.Model, found: dict[str, ir.Shape]) -> bool:
-    """Whether every value has a shape of sizes and the inputs' own symbols, which no other
-    inference could better."""
+def _incomplete(model: ir.Model, found: dict[str, ir.Shape], *, sized: bool) -> bool:
+    """Whether onnx's inference left a value without a shape, or a dimension unknown (at the
+    check's sizes: not static). Only then is onnxruntime's asked: importing it (and sympy)
+    is most of the start-up a fold without the check avoids."""
     for node in model.graph:
         for value in node.outputs:
             shape = found.get(value.name or "")
-            if shape is None or any(
-                not isinstance(dim, int) and (dim.value is None or dim.value.startswith(_INFERRED))
-                for dim in shape
-            ):
-                return False
-    return True
+            if shape is None:
+                return True
+            for dim in shape:
+                if not isinstance(dim, int) and (sized or dim.value is None):
+                    return True
+    return False
 
 
 def _add_ort_symbolic(

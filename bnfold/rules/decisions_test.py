@@ -32,7 +32,7 @@ from bnfold.fold import fold_model
 from bnfold.foldlog import FoldEntry, Reason
 from bnfold.frontends.onnx_dims_test import _frames_model, _spectrogram_model
 from bnfold.frontends.onnx_sizes import sized_shapes
-from bnfold.testing import batchnorm_node, batchnorm_params, make_model
+from bnfold.testing import batchnorm_node, batchnorm_params, make_model, run_python_quietly
 
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
@@ -273,3 +273,22 @@ def test_without_the_computed_pads_the_crepe_reshape_is_unproven():
     with sized_shapes(model):
         [entry] = fold_model(model).entries
     assert entry.target == ["classifier"]
+
+
+def test_symbolic_proofs_without_the_check_load_neither_onnxruntime_nor_sympy(tmp_path):
+    """onnxruntime's symbolic inference (and sympy with it) is asked only where onnx's leaves
+    a shape unknown: CREPE's proof needs neither, the start-up of ``--no-check`` stays lean."""
+    path = _saved(tmp_path, "crepe")
+    script = (
+        "import sys\n"
+        f"sys.argv = ['bnfold', {str(path)!r}, '-o', {str(tmp_path / 'f.onnx')!r}, "
+        "'--no-check', '--json']\n"
+        "from bnfold.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sympy.core', 'onnxruntime') if m in sys.modules))\n"
+    )
+    completed = run_python_quietly(script, tmp_path)
+    *document, loaded = completed.stdout.strip().splitlines()
+    assert loaded == "[]", completed.stderr
+    [entry] = json.loads("\n".join(document))["entries"]
+    assert entry["outcome"] == "folded_into_next"
