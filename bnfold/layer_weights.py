@@ -1,9 +1,10 @@
 """The weights a fold may change, measured before and after it (``bnfold.weight_ranges``).
 
-Before the fold, each linear layer's weight is measured once (its range and channel spread:
-a few numbers, no copy kept, so the fold's peak memory does not grow); after it, the layers
-the log names as targets are measured again and paired with their earlier numbers by node
-name. Weight layouts (docs/arithmetic.md): Conv ``[out, in/g, k...]``, ConvTranspose
+Before the fold, each linear layer's weight tensor is held by reference (a fold gives a
+rewritten layer a new tensor and leaves the old one as it was), so nothing is copied or read
+yet; after it, only the layers the log names as targets are measured, old tensor and new,
+paired by node name, and the references are dropped. A weight computed by a constant
+subgraph (which a fold may remove) is evaluated at once instead. Weight layouts (docs/arithmetic.md): Conv ``[out, in/g, k...]``, ConvTranspose
 ``[in, out/g, k...]`` (outputs per group), Gemm ``B`` ``[K, N]`` or ``[N, K]`` with
 ``transB``, MatMul by a constant 2-D ``[K, N]``.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import onnx_ir as ir
 
 from bnfold.constants import constant_value
@@ -50,36 +53,54 @@ def _linear_nodes(model: ir.Model) -> dict[str, ir.Node]:
     }
 
 
-def _measure(node: ir.Node) -> WeightStats | None:
-    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None or weight.dtype.kind != "f":
+def _weight(node: ir.Node) -> ir.Value | None:
+    return node.inputs[1] if len(node.inputs) > 1 else None
+
+
+def _held(value: ir.Value | None) -> ir.TensorProtocol | npt.NDArray[np.generic] | None:
+    """What stands for ``value``'s array until the fold is done (module docstring)."""
+    if value is None:
         return None
-    layout = _layout(node, weight.ndim)
-    if layout is None or weight.shape[0] % layout.groups:
+    return value.const_value if value.const_value is not None else constant_value(value)
+
+
+def _measure(
+    node: ir.Node, weight: ir.TensorProtocol | npt.NDArray[np.generic] | None
+) -> WeightStats | None:
+    array = weight.numpy() if isinstance(weight, ir.TensorProtocol) else weight
+    if array is None or array.dtype.kind != "f":
         return None
-    return weight_stats(weight, layout.output_axis, layout.groups)
+    layout = _layout(node, array.ndim)
+    if layout is None or array.shape[0] % layout.groups:
+        return None
+    return weight_stats(array, layout.output_axis, layout.groups)
 
 
 class WeightSnapshot:
-    """Every linear layer's weight numbers before a fold, by node name."""
+    """Every linear layer's weight before a fold, by node name; read once, by ``changes``."""
 
     def __init__(self, model: ir.Model) -> None:
-        self.before: dict[str, tuple[str, WeightStats]] = {}
+        self.before: dict[str, ir.TensorProtocol | npt.NDArray[np.generic]] = {}
         for label, node in _linear_nodes(model).items():
-            stats = _measure(node)
-            if stats is not None:
-                self.before[label] = (node.op_type, stats)
+            held = _held(_weight(node))
+            if held is not None:
+                self.before[label] = held
 
     def changes(self, model: ir.Model, entries: list[FoldEntry]) -> list[WeightRange]:
-        """One row per layer a folded entry names as its target, in log order."""
+        """One row per layer a folded entry names as its target, in log order. The old
+        tensors are released: the rest of the run does not hold two copies of the weights."""
         now = _linear_nodes(model)
         targets = dict.fromkeys(t for entry in entries if entry.folded for t in entry.target)
         rows = []
         for label in targets:
-            node, earlier = now.get(label), self.before.get(label)
-            after = _measure(node) if node is not None else None
-            if earlier is not None and after is not None:
-                rows.append(weight_range(label, earlier[0], earlier[1], after))
+            node = now.get(label)
+            if node is None or label not in self.before:
+                continue
+            before = _measure(node, self.before[label])
+            after = _measure(node, constant_value(_weight(node)))
+            if before is not None and after is not None:
+                rows.append(weight_range(label, node.op_type, before, after))
+        self.before.clear()
         return rows
 
 
