@@ -242,3 +242,17 @@ def test_a_kept_bn_of_a_shared_keras_layer_stays_in_onnx(tmp_path):
     assert entries["bn_a"].outcome is Outcome.LEFT and entries["bn_b"].folded
     assert result.check is not None and result.check.passed
     assert onnx_batchnorms_left(out) == 1
+
+
+@pytest.mark.keras
+def test_no_forward_holds_for_a_keras_model_written_as_onnx(tmp_path):
+    """Every BN of this classifier folds only into the Dense after it; with --no-forward
+    neither the Keras pass nor the ONNX pass after the conversion folds one."""
+    pytest.importorskip("tensorflow")
+    source = Path(__file__).resolve().parent.parent / "models" / "flatten_bn_classifier.keras"
+    out = tmp_path / "backward_only.onnx"
+    code, stdout, _ = run(str(source), "-o", str(out), "--no-forward", "--json")
+    document = json.loads(stdout)
+    assert code == 0 and document["check"]["passed"]
+    assert document["counts"]["found"] == 3 and document["counts"]["left"] == 3
+    assert {entry["reason"] for entry in document["entries"]} == {"no_linear_neighbour"}
