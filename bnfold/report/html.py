@@ -233,7 +233,7 @@ def _weight_ranges(ranges: dict[str, Any]) -> list[str]:
     if ranges.get("warning"):
         parts.append(f'<p class="fail">{_h(ranges["warning"])}</p>')
     rows = [[_h(cell) for cell in row] for row in weight_range_rows(ranges)]
-    parts.append(_table(WEIGHT_RANGE_HEADER, rows, (0, 1)))
+    parts.append(_table([_h(cell) for cell in WEIGHT_RANGE_HEADER], rows, (0, 1)))
     parts.append(
         '<p class="note">max|W|: the per-tensor range; channel spread: the largest output '
         "channel's range over the median one; ! past 8x growth or 16x spread</p>"
