@@ -9,6 +9,8 @@ next one's. ``--write-docs`` puts the matrix into docs/keras.md and the paper ta
 docs/benchmarks.md, between their ``<!-- keras-applications -->`` markers.
 
     python benchmarks/keras_applications.py [--models Xception NASNetMobile] [--write-docs]
+    python benchmarks/keras_applications.py --rows rows.json --models Xception  # adds rows
+    python benchmarks/keras_applications.py --rows rows.json --render --write-docs
 """
 
 from __future__ import annotations
@@ -111,14 +113,24 @@ def main() -> None:
     parser.add_argument("--formats", nargs="*", default=list(SUFFIXES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child's model
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument(
+        "--rows", type=Path, help="a JSON file the rows are added to (and read from, with --render)"
+    )
+    parser.add_argument("--render", action="store_true", help="only render the --rows file")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, tuple(args.formats))))
         return
-    rows: list[MatrixRow] = []
-    for name in args.models:
+    saved = json.loads(args.rows.read_text()) if args.rows and args.rows.exists() else []
+    rows = [MatrixRow(**row) for row in saved]
+    for name in [] if args.render else args.models:
+        rows = [row for row in rows if row.model != name]
         rows += run_child(name, tuple(args.formats))
+        if args.rows:
+            args.rows.write_text(json.dumps([dataclasses.asdict(row) for row in rows]))
         print("\n".join(matrix_table(rows[-len(args.formats) :]).splitlines()[2:]), flush=True)
+    order = list(APPLICATIONS)
+    rows.sort(key=lambda row: (order.index(row.model), SUFFIXES.index(row.suffix)))
     print(matrix_table(rows))
     print()
     print(paper_table(rows))

@@ -29,7 +29,7 @@ APPLICATIONS: dict[str, tuple[int, int]] = {
     "InceptionV3": (75, 94),
     "InceptionResNetV2": (75, 204),
     "NASNetMobile": (32, 192),
-    "RegNetX002": (32, 50),
+    "RegNetX002": (32, 44),  # in tf_keras (Keras 2) only
     "ConvNeXtTiny": (32, 0),
 }
 SUFFIXES = (".keras", ".h5", ".onnx")
@@ -45,7 +45,13 @@ def build_application(name: str, seed: int = 0) -> Any:
 
     side, _ = APPLICATIONS[name]
     keras.utils.set_random_seed(seed)
-    model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3))
+    build = getattr(keras.applications, name, None)
+    if build is None:  # RegNet is in tf_keras (Keras 2) only
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(seed)
+        build = getattr(tf_keras.applications, name)
+    model = build(weights=None, input_shape=(side, side, 3))
     randomise_batchnorm_statistics(model, np.random.default_rng(seed))
     return model
 
