@@ -208,6 +208,29 @@ def weight_range_rows(ranges: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+CHECK_HEADER = (
+    "output",
+    "max abs",
+    "max rel",
+    "original vs float64",
+    "folded vs float64",
+    "top-1",
+)
+
+
+def check_cells(output: dict[str, Any]) -> list[str]:
+    """The text cells of one output's row of the check table (see ``CHECK_HEADER``); each
+    format adds the ``gate`` cell in its own emphasis."""
+    return [
+        str(output["name"]),
+        _g(output["max_abs"]),
+        _g(output["max_rel"]),
+        _g(output.get("reference_vs_float64")),
+        _g(output.get("candidate_vs_float64")),
+        percent(output.get("top1_agreement")),
+    ]
+
+
 def size_rows(sizes: dict[str, Any]) -> list[tuple[str, int, int, str]]:
     rows = []
     for key, label in SIZE_ROWS:

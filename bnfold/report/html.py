@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from bnfold.report.document import (
+    CHECK_HEADER,
     WEIGHT_RANGE_HEADER,
     Document,
+    check_cells,
     conditions,
     entry_outcome,
-    g,
     gate,
     log_tables,
-    percent,
     size_rows,
     speedup,
     summary,
@@ -195,22 +195,12 @@ def _check(check: dict[str, Any]) -> list[str]:
     rows = []
     for output in check["outputs"]:
         css = "pass" if output["passed"] else "fail"
-        rows.append(
-            [
-                _h(output["name"]),
-                g(output["max_abs"]),
-                g(output["max_rel"]),
-                g(output.get("reference_vs_float64")),
-                g(output.get("candidate_vs_float64")),
-                percent(output.get("top1_agreement")),
-                f'<span class="{css}">{_h(gate(output))}</span> {_h(output["detail"])}',
-            ]
-        )
-    header = ["output", "max abs", "max rel", "original vs float64", "folded vs float64"]
+        verdict = f'<span class="{css}">{_h(gate(output))}</span> {_h(output["detail"])}'
+        rows.append([*(_h(cell) for cell in check_cells(output)), verdict])
     parts = [
         "<h2>Equivalence</h2>",
         f'<p class="note">On {_h(check["inputs"])}{samples}.</p>',
-        _table([*header, "top-1", "gate"], rows, text_columns=(0, 6)),
+        _table([*CHECK_HEADER, "gate"], rows, text_columns=(0, 6)),
     ]
     if check.get("gate_note"):
         parts.append(f'<p class="note">{_h(check["gate_note"])}</p>')

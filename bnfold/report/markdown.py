@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from bnfold.report.document import (
+    CHECK_HEADER,
     WEIGHT_RANGE_HEADER,
     Document,
+    check_cells,
     conditions,
     entry_outcome,
-    g,
     gate,
     log_tables,
-    percent,
     size_rows,
     speedup,
     summary,
@@ -57,18 +57,14 @@ def _check(check: dict[str, Any]) -> list[str]:
     lines = [
         f"Equivalence on {_md(check['inputs'])}{samples}.",
         "",
-        "| output | max abs | max rel | original vs float64 | folded vs float64 | top-1 | gate |",
+        "| " + " | ".join([*CHECK_HEADER, "gate"]) + " |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for output in check["outputs"]:
         verdict = gate(output)
         verdict = verdict if output["passed"] else verdict.replace("FAIL", "**FAIL**", 1)
-        lines.append(
-            f"| {_md(output['name'])} | {g(output['max_abs'])} | {g(output['max_rel'])} | "
-            f"{g(output.get('reference_vs_float64'))} | "
-            f"{g(output.get('candidate_vs_float64'))} | "
-            f"{percent(output.get('top1_agreement'))} | {_md(verdict)} |"
-        )
+        cells = [*(_md(cell) for cell in check_cells(output)), _md(verdict)]
+        lines.append("| " + " | ".join(cells) + " |")
     if check.get("gate_note"):
         lines += ["", f"_{_md(check['gate_note'])}_"]
     if check.get("float64_note"):
