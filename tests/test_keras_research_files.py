@@ -202,3 +202,23 @@ def test_bn_after_concatenate_of_two_convs_folds_into_both(tmp_path: Path) -> No
     assert entry.outcome is Outcome.FOLDED_INTO_PREVIOUS and entry.target == ["conv_0", "conv_1"]
     assert result.check is not None and result.check.max_rel <= BOUND
     assert batchnorms_in_file(tmp_path / "out.keras") == 0
+
+
+def test_op_layer_reading_a_bn_as_its_second_argument_rewires(tmp_path: Path) -> None:
+    """RegNet's ``relu(x + skip_bn(skip))`` in tf_keras: the op layer lists ``x`` as its
+    input and ``skip`` among its call kwargs; both BNs are found, fold, and the rebuilt
+    model reads the skip convolution where it read its BN (was: 4 of RegNetX002's 44 BNs
+    missing from the log, and Keras could not rebuild the model)."""
+    inputs = L.Input((8, 8, 3))
+    x = L.BatchNormalization(name="main_bn")(L.Conv2D(4, 3, padding="same", name="main")(inputs))
+    skip = L.BatchNormalization(name="skip_bn")(L.Conv2D(4, 1, name="skip")(inputs))
+    model = tf_keras.Model(inputs, L.ReLU()(x + skip))
+    frontend.randomise_batchnorm_statistics(model, np.random.default_rng(0))
+    for suffix in (".h5", ".onnx"):
+        result = bnfold.fold(model, tmp_path / f"out{suffix}")
+        assert {e.name: e.target for e in result.entries} == {
+            "main_bn": ["main"],
+            "skip_bn": ["skip"],
+        }
+        assert result.check is not None and result.check.max_rel <= BOUND
+        assert batchnorms_in_file(tmp_path / f"out{suffix}") == 0

@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from bnfold.fold import ALL_FOLDS, fold_model
 from bnfold.foldlog import FoldEntry, Outcome, Reason
+from bnfold.frontends.base import FoldOutcome
 from bnfold.frontends.keras.emit import LINEAR_LAYERS
 from bnfold.frontends.keras.lowering import (
     BATCHNORM,
@@ -27,7 +28,10 @@ from bnfold.frontends.keras.lowering import (
 )
 from bnfold.frontends.keras.read_back import read_back
 from bnfold.frontends.keras.runtime import first_line
+from bnfold.frontends.keras.weight_rows import keras_rows, of_folded
 from bnfold.frontends.keras.write_back import RewriteError, Rewrites, apply_rewrites
+from bnfold.layer_weights import WeightSnapshot
+from bnfold.results import WeightRange
 from bnfold.settings import FoldSettings
 
 _LOG = logging.getLogger("bnfold")
@@ -133,7 +137,17 @@ def _log(lowered: Lowered, core_entries: list[FoldEntry], model: Any) -> list[Fo
         if record is not None and record.is_batchnorm:
             entries.append(_entry_for(record, lowered, by_name))
             continue
-        if type(layer).__name__ == BATCHNORM:  # not reached from the outputs
+        if type(layer).__name__ == BATCHNORM:  # every BN of the input has its entry
+            entries.append(
+                FoldEntry(
+                    path,
+                    [BATCHNORM],
+                    Outcome.LEFT,
+                    reason=Reason.UNSUPPORTED_LAYER,
+                    detail="bnfold's walk from the model's outputs did not reach it",
+                    stage="keras",
+                )
+            )
             continue
         for name in hidden_batchnorms(layer) if not is_model(layer) else []:
             entries.append(
@@ -172,7 +186,7 @@ def _rewrites(lowered: Lowered) -> Rewrites:
     return changes
 
 
-def _unwalkable(model: Any, why: str) -> tuple[Any, list[FoldEntry]]:
+def _unwalkable(model: Any, why: str) -> FoldOutcome:
     entries = [
         FoldEntry(
             path,
@@ -185,13 +199,19 @@ def _unwalkable(model: Any, why: str) -> tuple[Any, list[FoldEntry]]:
         for path, layer in all_layers(model)
         if type(layer).__name__ == BATCHNORM
     ]
-    return model, entries
+    return FoldOutcome(model, entries, weight_ranges=[])
 
 
-def _decide(model: Any, settings: FoldSettings) -> tuple[list[FoldEntry], Rewrites]:
-    """The log and the Keras rewrites of the fold core's decisions (nothing is rebuilt)."""
+def _decide(
+    model: Any, settings: FoldSettings
+) -> tuple[list[FoldEntry], Rewrites, list[WeightRange]]:
+    """The log, the Keras rewrites and the weight ranges of the fold core's decisions
+    (nothing is rebuilt)."""
     lowered = lower_model(model)
-    result = fold_model(ir.Model(lowered.graph, ir_version=10), settings=settings)
+    graph_model = ir.Model(lowered.graph, ir_version=10)
+    snapshot = WeightSnapshot(graph_model)
+    result = fold_model(graph_model, settings=settings)
+    rows = keras_rows(lowered, snapshot.changes(graph_model, result.entries))
     entries = _log(lowered, result.entries, model)
     changes = _rewrites(lowered)
     for entry in entries:
@@ -199,7 +219,7 @@ def _decide(model: Any, settings: FoldSettings) -> tuple[list[FoldEntry], Rewrit
         if gained and entry.folded:
             note = "; ".join(f"'{t}' gained a bias" for t in gained)
             entry.detail = f"{entry.detail}; {note}" if entry.detail else note
-    return entries, changes
+    return entries, changes, of_folded(rows, entries)
 
 
 def _not_rewritten(entries: list[FoldEntry], why: str) -> list[FoldEntry]:
@@ -223,10 +243,19 @@ def _subclassed(model: Any) -> bool:
 def fold_keras_model(
     model: Any, *, rebuild: bool = True, settings: FoldSettings = ALL_FOLDS
 ) -> tuple[Any, list[FoldEntry]]:
+    """``fold_keras``'s model and log."""
+    outcome = fold_keras(model, rebuild=rebuild, settings=settings)
+    return outcome.model, outcome.entries
+
+
+def fold_keras(
+    model: Any, *, rebuild: bool = True, settings: FoldSettings = ALL_FOLDS
+) -> FoldOutcome:
     """A new Keras model with every BN the fold core can fold folded (into the layer before
-    it, or into every layer after it), and one entry per BN layer. The model's inputs and
+    it, or into every layer after it), one entry per BN layer, and one weight range row per
+    layer whose weights a fold changed (``weight_rows.py``). The model's inputs and
     outputs keep their names. ``rebuild=False`` only decides: the model comes back as it
-    is, with the log of what a rebuild would do (``bnfold inspect``).
+    is, with the log (and the rows) of what a rebuild would do (``bnfold inspect``).
 
     The Keras-level rewrite is an optimisation: a model bnfold cannot walk or Keras cannot
     rebuild comes back unchanged, each BN left with the reason, and ``model`` is never
@@ -236,20 +265,21 @@ def fold_keras_model(
             model, "the model is a subclassed keras.Model, which bnfold cannot rebuild"
         )
     try:
-        entries, changes = _decide(model, settings)
+        entries, changes, rows = _decide(model, settings)
     except Exception as error:  # a layer Keras describes in a way bnfold did not expect
         _LOG.debug("Keras model not walkable", exc_info=True)
         return _unwalkable(model, f"bnfold cannot follow the model's graph: {first_line(error)}")
     if not rebuild or (not changes.dropped and not changes.weights):
-        return model, entries  # nothing to rebuild (a custom class may not even rebuild)
+        # Nothing to rebuild (a custom class may not even rebuild).
+        return FoldOutcome(model, entries, weight_ranges=rows)
     try:
         folded, renames = apply_rewrites(model, changes)
     except RewriteError as error:
         _LOG.debug("Keras rewrite not applied", exc_info=True)
-        return model, _not_rewritten(entries, str(error))
+        return FoldOutcome(model, _not_rewritten(entries, str(error)), weight_ranges=[])
     for entry in entries:
         producer = next((old for old, new in renames.items() if new == entry.name), None)
         if producer is not None:
             note = f"'{producer}' is renamed '{entry.name}' to keep the output name"
             entry.detail = f"{entry.detail}; {note}" if entry.detail else note
-    return folded, entries
+    return FoldOutcome(folded, entries, weight_ranges=rows)

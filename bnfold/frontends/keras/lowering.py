@@ -87,6 +87,13 @@ class Lowered:
         return self._owners.get(node_name)
 
 
+def _node_inputs(node: Any) -> list[Any]:
+    """Every Keras tensor a layer call read: tf_keras' ``input_tensors`` holds only the first
+    argument of an op layer (``x + skip`` lists ``x``), its ``keras_inputs`` all of them."""
+    every = getattr(node, "keras_inputs", None)
+    return list(every) if isinstance(every, list | tuple) else _flatten(node.input_tensors)
+
+
 def _flatten(structure: Any) -> list[Any]:
     if isinstance(structure, dict):
         return [leaf for value in structure.values() for leaf in _flatten(value)]
@@ -124,7 +131,7 @@ class _Walk:
             operation, node_index, _ = current._keras_history
             node = operation._inbound_nodes[node_index]
             # tf_keras holds a single input as the tensor itself, which has no truth value.
-            feeding = _flatten(node.input_tensors)
+            feeding = _node_inputs(node)
             missing = [t for t in feeding if id(t) not in env]
             if not feeding:
                 raise ValueError(f"tensor of '{operation.name}' is not fed by the model inputs")
@@ -136,7 +143,7 @@ class _Walk:
         return env[id(tensor)]
 
     def _call(self, operation: Any, node: Any, env: dict[int, ir.Value], prefix: str) -> None:
-        inputs = [env[id(t)] for t in _flatten(node.input_tensors)]
+        inputs = [env[id(t)] for t in _node_inputs(node)]
         out_tensors = _flatten(node.output_tensors)
         path = f"{prefix}{operation.name}"
         if is_model(operation):
@@ -173,7 +180,7 @@ class _Walk:
         record = self._record(operation, path, prefix)
         node_path = path if record.calls == 1 else f"{path}#{record.calls}"
         emit = Emitter(self.lowered.graph, node_path, path)
-        in_tensors = _flatten(node.input_tensors)
+        in_tensors = _node_inputs(node)
         output = None
         described = len(inputs) == 1 or type(operation).__name__ == "Concatenate"
         if described and len(out_tensors) == 1:

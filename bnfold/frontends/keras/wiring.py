@@ -57,6 +57,8 @@ def _histories(node: Any) -> Iterator[list[Any]]:
     ``keras_history`` entries, and Keras 2's ``[layer, node, tensor, kwargs]`` lists."""
     if isinstance(node, list) and _is_history(node):
         yield node
+        if len(node) == 4:  # a Keras 2 call's kwargs may hold inputs too (TFOpLambda's ``y``)
+            yield from _histories(node[3])
     elif isinstance(node, dict):
         history = node.get("keras_history")
         if isinstance(history, list) and _is_history(history):
@@ -128,7 +130,9 @@ class ModelGraph:
             for node in layer.entry.get("inbound_nodes") or []:
                 for found in _histories(node):
                     if found[0] == batchnorm and history is not None:
-                        found[:] = list(history)
+                        # Where the tensor comes from changes; the consumer's call kwargs
+                        # (a Keras 2 history's fourth item) stay its own.
+                        found[:3] = list(history)[:3]
 
     def drop(self, name: str) -> str | None:
         """Drop a folded BN layer: its readers, and the model outputs it wrote, take what fed
