@@ -22,7 +22,7 @@ from typing import Any, cast
 from bnfold.errors import CheckFailedError, InputError, UsageError
 from bnfold.foldlog import BATCHNORM, FoldEntry
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
-from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison, WeightRange
+from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
 from bnfold.settings import BenchSettings, CheckSettings, FoldSettings
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -246,10 +246,8 @@ class _Run:
         baseline = _unfolded_onnx(frontend, original, self.load) if wants_baseline else None
         reference = _Reference(frontend, original, self.check, baseline) if self.check else None
         started = _stage(seconds, "check", started) if reference else started
-        snapshot = _weight_snapshot(frontend, original)
         with _sizes_for_proofs(frontend, original, reference):
             outcome = frontend.fold(original, self.fold)
-        ranges = _weight_ranges(snapshot, outcome)
         started = _stage(seconds, "fold", started)
         writer = _writer(frontend, self.output)
         if writer is not frontend:
@@ -258,8 +256,7 @@ class _Run:
             outcome = converted
         _check_keep_patterns(self.fold, outcome.entries, self.source)
         result = FoldResult(outcome.model, outcome.entries, seconds=seconds)
-        if ranges is not None:
-            result.weight_ranges, result.weight_range_warning = ranges
+        _add_weight_ranges(result, outcome)
         result.loaded_with = frontend.describe(original)
         if reference is not None:
             result.check = reference.compare(lambda feeds: writer.run(outcome.model, feeds))
@@ -287,22 +284,15 @@ class _Run:
         _stage(result.seconds, "write", started)
 
 
-def _weight_snapshot(frontend: Frontend, model: Any) -> Any:
-    """Each ONNX layer's weight range before the fold (it folds in place). A Keras fold
-    rewrites Keras layers, which are not measured yet."""
-    if frontend.name != "onnx":
-        return None
-    from bnfold.layer_weights import WeightSnapshot
+def _add_weight_ranges(result: FoldResult, outcome: FoldOutcome) -> None:
+    """The rows the front end measured (every fold, Keras or ONNX, and an ONNX pass after a
+    conversion) and the quantization line they call for."""
+    if outcome.weight_ranges is None:
+        return
+    from bnfold.weight_ranges import quantization_warning
 
-    return WeightSnapshot(model)
-
-
-def _weight_ranges(snapshot: Any, outcome: FoldOutcome) -> tuple[list[WeightRange], str] | None:
-    if snapshot is None:
-        return None
-    from bnfold.layer_weights import range_report
-
-    return range_report(snapshot, outcome.model, outcome.entries)
+    result.weight_ranges = outcome.weight_ranges
+    result.weight_range_warning = quantization_warning(outcome.weight_ranges)
 
 
 def _check_keep_patterns(settings: FoldSettings, entries: list[FoldEntry], source: Any) -> None:

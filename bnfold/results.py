@@ -249,8 +249,9 @@ class FoldResult(FoldLog):
     sizes: SizeComparison | None = None
     latency: LatencyResult | None = None
     loaded_with: str = ""  # how the front end read the input ("Keras 2 .h5, ... tf_keras")
-    # One row per layer whose weight the fold changed (None: not measured, a Keras fold), and
-    # the one line that warns when per-tensor int8 would lose precision ("" when none would).
+    # One row per layer whose weight the fold changed (None: not measured, a SavedModel's bare
+    # signature folded to Keras), and the one line that warns when per-tensor int8 would lose
+    # precision ("" when none would).
     weight_ranges: list[WeightRange] | None = None
     weight_range_warning: str = ""
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy.typing as npt
 
 from bnfold.foldlog import FoldEntry
+from bnfold.results import WeightRange
 from bnfold.settings import FoldSettings
 from bnfold.specs import InputSpec
 
@@ -41,6 +42,9 @@ class FoldOutcome:
     # False when the front end only decided (``FoldSettings.rebuild`` false): the entries
     # logged as folded say what would fold, and ``model`` is the input as it was.
     applied: bool = True
+    # One row per layer whose weight a folded entry changed, named as the entries' targets
+    # (bnfold/layer_weights.py); None where the front end measured nothing.
+    weight_ranges: list[WeightRange] | None = None
 
 
 class Frontend(Protocol):

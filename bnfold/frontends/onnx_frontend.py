@@ -38,6 +38,7 @@ from bnfold.frontends.onnx import (
 from bnfold.frontends.onnx_dims import size_hints
 from bnfold.frontends.onnx_isolation import needs_isolation, run_isolated
 from bnfold.frontends.onnx_run import ModelSource, run_model
+from bnfold.layer_weights import WeightSnapshot
 from bnfold.settings import FoldSettings
 from bnfold.specs import InputSpec, SizeHints
 
@@ -106,10 +107,13 @@ class OnnxFrontend:
         return run_model(model, feeds, label=original.label, hint=NO_CHECK_HINT)
 
     def fold(self, model: ir.Model, settings: FoldSettings = ALL_FOLDS) -> FoldOutcome:
+        # References only, read after the fold: it gives each layer it changes a new tensor.
+        snapshot = WeightSnapshot(model)
         folded = fold_model(model, settings=settings)
         if folded.changed:
             self._originals.pop(id(model), None)
-        return FoldOutcome(folded.model, folded.entries)
+        rows = snapshot.changes(folded.model, folded.entries)
+        return FoldOutcome(folded.model, folded.entries, weight_ranges=rows)
 
     def to_onnx(
         self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings = ALL_FOLDS

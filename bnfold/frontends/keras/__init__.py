@@ -18,7 +18,7 @@ from bnfold.errors import InputError
 from bnfold.fold import ALL_FOLDS
 from bnfold.frontends.base import Arrays, FoldOutcome, LoadSettings
 from bnfold.frontends.keras.conversion import keras_to_onnx
-from bnfold.frontends.keras.folding import fold_keras_model
+from bnfold.frontends.keras.folding import fold_keras, fold_keras_model
 from bnfold.frontends.keras.loading import load_keras_model
 from bnfold.frontends.keras.model_io import (
     describe_keras_model,
@@ -66,10 +66,11 @@ class KerasFrontend:
 
         if holds_signature_only(model):
             return FoldOutcome(model, signature_entries(model))
-        folded, entries = fold_keras_model(model, rebuild=settings.rebuild, settings=settings)
-        for entry in entries:
+        outcome = fold_keras(model, rebuild=settings.rebuild, settings=settings)
+        for entry in outcome.entries:
             entry.stage = "keras"
-        return FoldOutcome(folded, entries, applied=settings.rebuild)
+        outcome.applied = settings.rebuild
+        return outcome
 
     def to_onnx(
         self, outcome: FoldOutcome, settings: LoadSettings, fold: FoldSettings = ALL_FOLDS

@@ -131,11 +131,15 @@ def converted_outcome(
     settings: FoldSettings = ALL_FOLDS,
 ) -> FoldOutcome:
     """Fold what tf2onnx left foldable in ``onnx_model`` and merge the two logs; the model's
-    ``bnfold`` metadata then counts the merged log."""
+    ``bnfold`` metadata then counts the merged log. The weight ranges are the Keras pass's
+    and this pass's (named by ONNX node, as its entries' targets are)."""
     from bnfold.fold import METADATA_KEY, fold_model
+    from bnfold.layer_weights import WeightSnapshot
 
     onnx_settings = _converted_settings(outcome.entries, onnx_model, settings, layers_known)
+    snapshot = WeightSnapshot(onnx_model)
     result = fold_model(onnx_model, settings=onnx_settings)  # keras_to_onnx inferred shapes
+    rows = [*(outcome.weight_ranges or []), *snapshot.changes(result.model, result.entries)]
     affines = _affine_node_names(result.model)
     entries = merge_stage_logs(
         outcome.entries, result.entries, affines, layers_known, applied=outcome.applied
@@ -146,4 +150,4 @@ def converted_outcome(
             {key: value for key, value in counts.items() if key != "left_by_reason"},
             sort_keys=True,
         )
-    return FoldOutcome(result.model, entries)
+    return FoldOutcome(result.model, entries, weight_ranges=rows)
