@@ -7,7 +7,8 @@ its check, onnxruntime without optimisations) decide alike, and the fold is exac
 - PaddleOCR: LayerNorm written out as ops, its scale and shift, MatMul, the MatMul's bias Add;
 - PyTorch's ``fuse_linear_bn_eval`` with ``num_features == 1``;
 - an EEG detector's BN before a ConvTranspose with kernel = stride (left, ``shift_not_bias``);
-- a Conv -> Reshape ``[0, 0, -1]`` -> BN with dynamic batch and height, and PyTorch's
+- a Conv -> Reshape ``[0, 0, -1]`` -> BN with dynamic batch and height
+  (``bnfold/frontends/onnx_sizes_test.py``), and PyTorch's
   ``x.view(x.size(0), x.size(1), -1)`` before a Conv1d or after a Conv2d;
 - music-analysis CNNs without a batch axis, which the check sizes from the graph
   (``bnfold/frontends/onnx_dims_test.py``).
@@ -32,6 +33,7 @@ from bnfold.fold import fold_model
 from bnfold.foldlog import FoldEntry, Reason
 from bnfold.frontends.onnx_dims_test import _frames_model, _spectrogram_model
 from bnfold.frontends.onnx_sizes import sized_shapes
+from bnfold.frontends.onnx_sizes_test import _reshape_model
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model, run_python_quietly
 
 FLOAT = TensorProto.FLOAT
@@ -135,20 +137,6 @@ def eeg_upsampling(rng: np.random.Generator) -> onnx.ModelProto:
     return make_model(nodes, [("x", FLOAT, ["N", 4, "T"])], ["y"], inits)
 
 
-def reshape_keeping_batch(rng: np.random.Generator) -> onnx.ModelProto:
-    inits: dict[str, np.ndarray] = {
-        "w": rng.normal(size=(4, 3, 1, 1)).astype(np.float32),
-        "to": np.array([0, 0, -1], np.int64),
-        **batchnorm_params(rng, 4),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-        helper.make_node("Reshape", ["c", "to"], ["flat"], name="flatten_hw"),
-        batchnorm_node("flat", "y"),
-    ]
-    return make_model(nodes, [("x", FLOAT, ["N", 3, "H", 4])], ["y"], inits)
-
-
 def torch_view(rng: np.random.Generator, *, forward: bool) -> onnx.ModelProto:
     """``x.view(x.size(0), x.size(1), -1)`` as PyTorch exports it (``Shape -> Slice -> Concat
     -> Reshape``) between a BN over ``[N, 4, H, W]`` and a Conv1d (forward), or between a
@@ -198,7 +186,7 @@ PATTERNS: dict[str, tuple[Callable[[np.random.Generator], onnx.ModelProto], list
     ),
     "eeg_conv_transpose": (eeg_upsampling, [("bn", "left", "shift_not_bias", ())]),
     "reshape_keeping_batch": (
-        reshape_keeping_batch,
+        _reshape_model,
         [("bn", "folded_into_previous", None, ("conv",))],
     ),
     "torch_view_forward": (
