@@ -222,3 +222,21 @@ def test_op_layer_reading_a_bn_as_its_second_argument_rewires(tmp_path: Path) ->
         }
         assert result.check is not None and result.check.max_rel <= BOUND
         assert batchnorms_in_file(tmp_path / f"out{suffix}") == 0
+
+
+def test_exact_gelu_converts_to_onnx_erf(tmp_path: Path) -> None:
+    """tf2onnx writes TensorFlow's Erfc (Keras 3's exact GELU, ConvNeXt's activation) as an
+    op ONNX does not have; bnfold writes 1 - Erf in its place (was: exit 3)."""
+    import keras
+    import onnx
+
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(5, activation=lambda t: keras.activations.gelu(t, approximate=False))(
+        inputs
+    )
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.BatchNormalization()(x)))
+    frontend.randomise_batchnorm_statistics(model, np.random.default_rng(0))
+    result = bnfold.fold(model, tmp_path / "out.onnx")
+    assert result.check is not None and result.check.max_rel <= BOUND
+    ops = {node.op_type for node in onnx.load(tmp_path / "out.onnx").graph.node}
+    assert "Erf" in ops and "Erfc" not in ops

@@ -87,6 +87,43 @@ def _convert_frozen(tf: Any, tf2onnx: Any, function: Any, opset: int | None) -> 
     return proto
 
 
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
+def _erfc_as_erf(proto: onnx.ModelProto) -> None:
+    """tf2onnx writes TensorFlow's Erfc (Keras' exact GELU: ``0.5 x erfc(-x / sqrt 2)``) as an
+    ONNX op that does not exist; ``erfc(x) = 1 - erf(x)`` is written in its place."""
+    from onnx import helper
+
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    for graph in _graphs(proto.graph):
+        nodes = []
+        for node in graph.node:
+            if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+                nodes.append(node)
+                continue
+            erf, one, typed = (f"{node.output[0]}/{part}" for part in ("erf", "one", "one_typed"))
+            nodes += [
+                helper.make_node("Erf", [node.input[0]], [erf], name=f"{node.name}/Erf"),
+                helper.make_node("Constant", [], [one], value_float=1.0, name=f"{node.name}/One"),
+            ]
+            if opset >= 15:  # CastLike: the 1 takes x's dtype (float16 under mixed precision)
+                cast = helper.make_node("CastLike", [one, node.input[0]], [typed])
+                nodes.append(cast)
+            else:
+                typed = one
+            nodes.append(helper.make_node("Sub", [typed, erf], list(node.output), name=node.name))
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def _validate_onnx(proto: onnx.ModelProto) -> None:
     """Refuse what tf2onnx writes when it could not convert a part: TF call nodes, unknown ops."""
     import onnx
@@ -167,6 +204,7 @@ def keras_to_onnx(model: Any, *, opset: int | None = None) -> onnx_ir.Model:
     except Exception as error:
         raise InputError(f"tf2onnx cannot convert the model: {first_line(error)}") from error
     proto.ir_version = min(proto.ir_version, MAX_ONNX_IR_VERSION)
+    _erfc_as_erf(proto)
     _validate_onnx(proto)
     from bnfold.frontends.onnx import add_inferred_shapes
 
