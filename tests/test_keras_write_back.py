@@ -105,3 +105,17 @@ def test_inspect_decides_and_rebuilds_nothing(monkeypatch: pytest.MonkeyPatch) -
         "bn_head": (Outcome.FOLDED_INTO_PREVIOUS, "keras"),
     }
     assert result.counts()["affines_folded"] == 0  # the BNs' own Mul/Add are not "other affines"
+
+
+def test_a_dense_whose_bias_a_zero_shift_emptied_keeps_its_bias(tmp_path: Path) -> None:
+    """Dense (bias) on a 3-D input, then a BN whose folded shift is exactly zero (a freshly
+    built BN): the core drops the all-zero bias Add; the rebuilt Dense keeps a zero bias
+    (was: Keras refused the rebuild, every BN of the model left rebuild_failed)."""
+    inputs = keras.Input((4, 5))
+    model = keras.Model(inputs, L.BatchNormalization(name="bn")(L.Dense(8, name="lin")(inputs)))
+    result = bnfold.fold(model, tmp_path / "out.keras")
+    (entry,) = result.entries
+    assert entry.outcome is Outcome.FOLDED_INTO_PREVIOUS and entry.target == ["lin"]
+    written = frontend.load_keras_model(tmp_path / "out.keras")
+    kernel, bias = written.get_layer("bn").get_weights()  # 'lin' keeps the output's name
+    assert kernel.shape == (5, 8) and np.array_equal(bias, np.zeros(8, np.float32))

@@ -176,12 +176,17 @@ def _rewrites(lowered: Lowered) -> Rewrites:
         source = getattr(record.layer, "layer", record.layer)
         before = [np.asarray(w) for w in source.get_weights()]
         after, has_bias = read_back(record.class_name, record.nodes, before)
+        uses_bias = bool(source.get_config().get("use_bias", True))
+        if uses_bias and not has_bias and len(before) == len(after) + 1:
+            # The core dropped a bias Add that a zero shift made all zeros; the layer keeps
+            # its bias (zeros), or Keras would refuse the rebuilt layer's weights.
+            after, has_bias = [*after, np.zeros_like(before[-1])], True
         unchanged = len(after) == len(before) and all(
             a.shape == b.shape and np.array_equal(a, b) for a, b in zip(after, before, strict=True)
         )
         if not unchanged:
             changes.weights[record.path] = after
-            if has_bias and not source.get_config().get("use_bias", True):
+            if has_bias and not uses_bias:
                 changes.gained_bias.add(record.path)
     return changes
 
