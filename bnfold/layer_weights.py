@@ -1,12 +1,13 @@
 """The weights a fold may change, measured before and after it (``bnfold.weight_ranges``).
 
-Before the fold, each linear layer's weight tensor is held by reference (a fold gives a
-rewritten layer a new tensor and leaves the old one as it was), so nothing is copied or read
-yet; after it, only the layers the log names as targets are measured, old tensor and new,
-paired by node name, and the references are dropped. A weight computed by a constant
-subgraph (which a fold may remove) is evaluated at once instead. Weight layouts (docs/arithmetic.md): Conv ``[out, in/g, k...]``, ConvTranspose
-``[in, out/g, k...]`` (outputs per group), Gemm ``B`` ``[K, N]`` or ``[N, K]`` with
-``transB``, MatMul by a constant 2-D ``[K, N]``.
+Before the fold, each linear layer's weight is measured (its largest |w| and the range of
+each output channel: a few numbers a layer) and only those are kept: holding the tensors
+themselves until the fold is done would keep every rewritten layer's old weights alive beside
+the new ones, twice the weights at the peak of a large model. After it, only the layers the
+log names as targets are measured again, paired by node name. Weight layouts
+(docs/arithmetic.md): Conv ``[out, in/g, k...]``, ConvTranspose ``[in, out/g, k...]`` (outputs
+per group), Gemm ``B`` ``[K, N]`` or ``[N, K]`` with ``transB``, MatMul by a constant 2-D
+``[K, N]``.
 """
 
 from __future__ import annotations
@@ -77,18 +78,17 @@ def _measure(
 
 
 class WeightSnapshot:
-    """Every linear layer's weight before a fold, by node name; read once, by ``changes``."""
+    """Every linear layer's weight statistics before a fold, by node name."""
 
     def __init__(self, model: ir.Model) -> None:
-        self.before: dict[str, ir.TensorProtocol | npt.NDArray[np.generic]] = {}
+        self.before: dict[str, WeightStats] = {}
         for label, node in _linear_nodes(model).items():
-            held = _held(_weight(node))
-            if held is not None:
-                self.before[label] = held
+            stats = _measure(node, _held(_weight(node)))
+            if stats is not None:
+                self.before[label] = stats
 
     def changes(self, model: ir.Model, entries: list[FoldEntry]) -> list[WeightRange]:
-        """One row per layer a folded entry names as its target, in log order. The old
-        tensors are released: the rest of the run does not hold two copies of the weights."""
+        """One row per layer a folded entry names as its target, in log order."""
         now = _linear_nodes(model)
         targets = dict.fromkeys(t for entry in entries if entry.folded for t in entry.target)
         rows = []
@@ -96,9 +96,9 @@ class WeightSnapshot:
             node = now.get(label)
             if node is None or label not in self.before:
                 continue
-            before = _measure(node, self.before[label])
+            before = self.before[label]
             after = _measure(node, constant_value(_weight(node)))
-            if before is not None and after is not None:
+            if after is not None:
                 rows.append(weight_range(label, node.op_type, before, after))
         self.before.clear()
         return rows
