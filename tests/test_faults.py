@@ -347,6 +347,18 @@ def test_a_read_only_folder_is_exit_4_and_leaves_it_as_it_was(
 # --------------------------------------------------------------------------- bnfold.atomic
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """Python's Ctrl-C handler for the test: a job started in the background (nohup, ``&``
+    in a script, some CI runners) inherits SIGINT ignored, and then no signal arrives."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_a_signal_in_a_deferred_block_takes_effect_after_it() -> None:
     steps = []
     with pytest.raises(KeyboardInterrupt), atomic.signals_deferred():
@@ -357,6 +369,7 @@ def test_a_signal_in_a_deferred_block_takes_effect_after_it() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_a_signal_while_the_scratch_folder_is_made_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
