@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from bnfold.foldlog import FoldEntry, Outcome, Reason
     from bnfold.frontends.base import LoadSettings
     from bnfold.results import BenchResult, CheckResult, FoldResult
-    from bnfold.settings import BenchSettings, CheckSettings, FoldSettings
+    from bnfold.settings import BenchSettings, CheckSettings, FoldSettings, ReportSettings
 
 _WHERE = {
     "benchmark": "bnfold.api",
@@ -45,6 +45,7 @@ _WHERE = {
     "BenchSettings": "bnfold.settings",
     "CheckSettings": "bnfold.settings",
     "FoldSettings": "bnfold.settings",
+    "ReportSettings": "bnfold.settings",
 }
 
 
@@ -91,6 +92,7 @@ __all__ = [
     "Outcome",
     "OutputError",
     "Reason",
+    "ReportSettings",
     "UsageError",
     "__version__",
     "benchmark",

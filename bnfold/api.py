@@ -23,7 +23,7 @@ from bnfold.errors import CheckFailedError, InputError, UsageError
 from bnfold.foldlog import BATCHNORM, FoldEntry
 from bnfold.frontends.base import Arrays, FoldOutcome, Frontend, LoadSettings
 from bnfold.results import BenchResult, CheckResult, FoldResult, SizeComparison
-from bnfold.settings import BenchSettings, CheckSettings, FoldSettings
+from bnfold.settings import BenchSettings, CheckSettings, FoldSettings, ReportSettings
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 ONNX_SUFFIXES = (".onnx",)
@@ -34,6 +34,7 @@ DEFAULT_CHECK = CheckSettings()
 DEFAULT_LOAD = LoadSettings()
 DEFAULT_BENCH = BenchSettings()
 DEFAULT_FOLD = FoldSettings()
+DEFAULT_REPORT = ReportSettings()
 BENCH_CHECK = CheckSettings(float64=True)  # a benchmark's report shows the float64 columns
 
 
@@ -231,8 +232,7 @@ class _Run:
     check: CheckSettings | None
     load: LoadSettings
     bench: BenchSettings | None
-    sizes: bool
-    progress: Progress | None
+    report: ReportSettings
     fold: FoldSettings = DEFAULT_FOLD
 
     def execute(self) -> FoldResult:
@@ -241,7 +241,7 @@ class _Run:
         started = time.perf_counter()
         original = frontend.load(self.source, self.load)
         started = _stage(seconds, "load", started)
-        wants_baseline = self.sizes or self.bench is not None
+        wants_baseline = self.report.sizes or self.bench is not None
         wants_baseline = wants_baseline or (self.check is not None and self.check.float64)
         baseline = _unfolded_onnx(frontend, original, self.load) if wants_baseline else None
         reference = _Reference(frontend, original, self.check, baseline) if self.check else None
@@ -266,7 +266,7 @@ class _Run:
         self._write(writer, outcome, result)
         if self.bench is not None and writer.name == "onnx" and not _failed(result.check):
             names = (_label(self.source), "folded")
-            result.latency = _time(baseline, outcome.model, self.bench, names, self.progress)
+            result.latency = _time(baseline, outcome.model, self.bench, names, self.report.progress)
         return result
 
     def _write(self, writer: Frontend, outcome: FoldOutcome, result: FoldResult) -> None:
@@ -338,9 +338,8 @@ def fold(
     check: CheckSettings | None = DEFAULT_CHECK,
     load: LoadSettings = DEFAULT_LOAD,
     bench: BenchSettings | None = None,
-    sizes: bool = False,
+    report: ReportSettings = DEFAULT_REPORT,
     overwrite_input: bool = False,
-    progress: Progress | None = None,
     fold: FoldSettings = DEFAULT_FOLD,
 ) -> FoldResult:
     """Fold every BN ``model`` allows, check the result against the original, write ``output``.
@@ -352,12 +351,12 @@ def fold(
     ``overwrite_input``. ``check`` says how the original (onnxruntime with optimisations
     disabled, or Keras) and the folded model are compared; ``None`` skips the check. ``load``
     says how files are read, ``fold`` which BNs stay (``keep`` patterns, a usage error when
-    one matches no BN) and whether folds into the next layer are allowed. ``sizes`` counts nodes and weights before and after, ``bench``
-    also times both models in onnxruntime (``progress`` gets 1 per timed pair); both need ONNX
-    output, and a Keras input is then timed as its unfolded conversion.
+    one matches no BN) and whether folds into the next layer are allowed. ``report.sizes`` counts nodes and weights before and after,
+    ``bench`` also times both models in onnxruntime (``report.progress`` gets 1 per timed
+    pair); both need ONNX output, and a Keras input is then timed as its unfolded conversion.
     """
     _validate_output(model, output, overwrite_input)
-    return _Run(model, output, check, load, bench, sizes, progress, fold).execute()
+    return _Run(model, output, check, load, bench, report, fold).execute()
 
 
 def inspect(
@@ -366,7 +365,7 @@ def inspect(
     """The fold log of ``model`` without checking or writing anything, as ``fold`` (the
     settings) allows; a BN logged as folded is one that could still fold."""
     decide_only = dataclasses.replace(fold, rebuild=False)
-    return _Run(model, None, None, load, None, False, None, decide_only).execute()
+    return _Run(model, None, None, load, None, DEFAULT_REPORT, decide_only).execute()
 
 
 def _compare(
@@ -424,7 +423,8 @@ def benchmark(
 
     validate_settings(bench)
     if folded is None:
-        result = fold(model, check=check, load=load, bench=bench, sizes=True, progress=progress)
+        measured = ReportSettings(sizes=True, progress=progress)
+        result = fold(model, check=check, load=load, bench=bench, report=measured)
         assert result.sizes is not None and result.latency is not None
         return BenchResult(result, result.check, result.sizes, result.latency)
     reference = _loaded(model, load)

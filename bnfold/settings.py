@@ -8,7 +8,7 @@ so the command line can read the defaults for ``--help`` without importing numpy
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -73,6 +73,16 @@ class CheckSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """What a fold measures beside its log and check, for a report: ``sizes`` counts nodes
+    and weights before and after (a Keras model is then also converted unfolded to ONNX);
+    ``progress`` gets 1 per timed pair when the fold is also benchmarked."""
+
+    sizes: bool = False
+    progress: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """How latency is measured: ``levels`` (``"all"``: ORT_ENABLE_ALL, what users deploy;
     ``"disable"``: ORT_DISABLE_ALL, what the graph itself costs), ``runs`` timed pairs per
@@ -91,4 +101,11 @@ class BenchSettings:
     seed: int = 0
 
 
-__all__ = ["LEVEL_CHOICES", "BenchSettings", "CheckSettings", "FoldSettings", "Inputs"]
+__all__ = [
+    "LEVEL_CHOICES",
+    "BenchSettings",
+    "CheckSettings",
+    "FoldSettings",
+    "Inputs",
+    "ReportSettings",
+]

@@ -1,8 +1,8 @@
 """The command line: ``bnfold MODEL -o OUT``, ``bnfold inspect``, ``bnfold check``,
-``bnfold bench``. It parses options into settings, calls the pipeline (``bnfold.api``),
-prints; nothing else.
+``bnfold bench``. It parses options into settings (``options.py``), calls the pipeline
+(``bnfold.api``), prints (``running.py``); nothing else.
 
-The only module that prints or sets exit codes (docs/user-guide.md lists them):
+The only package that prints or sets exit codes (docs/user-guide.md lists them):
 0 done, 1 the folded model failed the check (nothing written), 2 usage error,
 3 the input cannot be read or is not a model, 4 the output cannot be written,
 5 internal error (a bug: please report it with the --debug traceback).
@@ -13,27 +13,41 @@ commands, so ``bnfold --help`` and ``--version`` answer at once.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import signal
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from bnfold._version import __version__
-from bnfold.errors import BnfoldError, CheckFailedError
-from bnfold.settings import LEVEL_CHOICES, BenchSettings, CheckSettings, FoldSettings
-
-INTERNAL_ERROR_EXIT = 5
-USAGE_EXIT = 2
-REPORT_SUFFIXES = (".json", ".md", ".html")
-DEFAULT_BENCH = BenchSettings()
-DEFAULT_CHECK = CheckSettings()
+from bnfold.cli.options import (
+    DEFAULT_BENCH,
+    bench_options,
+    debug_option,
+    fold_options,
+    report_option,
+    samples_option,
+    seed_option,
+    tolerance_options,
+    with_options,
+)
+from bnfold.cli.running import (
+    SIGINT_EXIT,
+    Progress,
+    echo_error_json,
+    fail,
+    run_command,
+    show_document,
+)
+from bnfold.errors import CheckFailedError
+from bnfold.settings import (
+    LEVEL_CHOICES,
+    BenchSettings,
+    CheckSettings,
+    FoldSettings,
+    ReportSettings,
+)
 
 
 class DefaultToFold(click.Group):
@@ -55,189 +69,11 @@ class DefaultToFold(click.Group):
             return super().main(argv, prog_name, **extra)
         except click.UsageError as error:
             if "--json" in argv:
-                _echo_error_json(error.format_message(), error.exit_code)
+                echo_error_json(error.format_message(), error.exit_code)
             error.show()
             sys.exit(error.exit_code)
         except click.Abort:
-            _fail("interrupted", 130)
-
-
-def _parse_dims(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
-    dims = {}
-    for value in values:
-        name, _, size = value.partition("=")
-        if not name or not size.isdigit() or int(size) < 1:
-            raise click.BadParameter(f"{value!r} is not NAME=SIZE", ctx, param)
-        dims[name] = int(size)
-    return dims
-
-
-def _report_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and Path(value).suffix.lower() not in REPORT_SUFFIXES:
-        raise click.BadParameter(f"{value!r} must end in .json, .md or .html", ctx, param)
-    return value
-
-
-def _keep_patterns(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> tuple[str, ...]:
-    if any(not value.strip() for value in values):
-        raise click.BadParameter("a keep pattern cannot be empty", ctx, param)
-    return values
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"bnfold: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _echo_error_json(message: str, code: int) -> None:
-    click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
-
-
-def _run(debug: bool, as_json: bool, action: Callable[[], None]) -> None:
-    """Run a command body: bnfold's errors become one line and their exit code (and, with
-    ``--json``, a JSON document naming both on stdout unless the command printed one)."""
-    if debug:
-        os.environ["BNFOLD_DEBUG"] = "1"
-    else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        # onnx_ir warns about odd fields of damaged files; bnfold's own line says what matters.
-        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    try:
-        action()
-    except BnfoldError as error:
-        if debug:
-            traceback.print_exc()
-        if as_json and not isinstance(error, CheckFailedError):  # those print their report
-            _echo_error_json(str(error), error.exit_code)
-        _fail(str(error), error.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except Exception as error:
-        if debug:
-            traceback.print_exc()
-        message = f"internal error: {type(error).__name__}: {error}"
-        if as_json:
-            _echo_error_json(message, INTERNAL_ERROR_EXIT)
-        _fail(f"{message} (run with --debug for the traceback)", INTERNAL_ERROR_EXIT)
-
-
-def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
-    def decorate(function: Any) -> Any:
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
-
-
-debug_option = click.option(
-    "-v", "--debug", is_flag=True, help="Show tracebacks and the runtimes' own logs."
-)
-seed_option = click.option(
-    "--seed", type=int, default=DEFAULT_CHECK.seed, show_default=True, help="Seed of random inputs."
-)
-tolerance_options = [
-    click.option("--atol", type=float, default=None, help="Absolute tolerance of the check."),
-    click.option("--rtol", type=float, default=None, help="Relative tolerance of the check."),
-    click.option(
-        "--inputs",
-        "inputs_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="An .npz with one array per model input (default: seeded random values).",
-    ),
-    click.option(
-        "--dim",
-        "dims",
-        multiple=True,
-        metavar="NAME=SIZE",
-        callback=_parse_dims,
-        help="Size of a named dynamic dimension for random inputs (repeatable).",
-    ),
-    seed_option,
-]
-report_option = click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    callback=_report_path,
-    help="Write the fold log, check, sizes and latency to FILE: .json, .md or .html.",
-)
-samples_option = click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CHECK.samples,
-    show_default=True,
-    help="Seeded random input sets compared; more than 1 also adds the float64 reference "
-    "and top-1 columns.",
-)
-fold_options = [
-    click.option(
-        "--keep",
-        multiple=True,
-        metavar="PATTERN",
-        callback=_keep_patterns,
-        help="Leave the BNs whose name or path, as the log prints it, matches this glob "
-        "('bn_out', 'base/*'); repeatable. A pattern matching no BN is an error.",
-    ),
-    click.option(
-        "--no-forward",
-        is_flag=True,
-        help="Fold only into the layer before a BN, never into the layers after it.",
-    ),
-]
-bench_options = [
-    click.option(
-        "--runs",
-        type=click.IntRange(min=1),
-        default=DEFAULT_BENCH.runs,
-        show_default=True,
-        help="Timed runs of each model per level (interleaved A B A B).",
-    ),
-    click.option(
-        "--warmup",
-        type=click.IntRange(min=0),
-        default=DEFAULT_BENCH.warmup,
-        show_default=True,
-        help="Untimed runs of each model first.",
-    ),
-    click.option(
-        "--time-budget",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_BENCH.time_budget_s,
-        help="Stop a level after this many seconds even if --runs are not done.",
-    ),
-    click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=DEFAULT_BENCH.threads,
-        show_default=True,
-        help="onnxruntime intra-op threads (0: onnxruntime's default).",
-    ),
-    click.option(
-        "--batch",
-        type=click.IntRange(min=1),
-        default=DEFAULT_BENCH.batch,
-        show_default=True,
-        help="Size of the dynamic batch dimension.",
-    ),
-    click.option(
-        "--provider",
-        default=DEFAULT_BENCH.provider,
-        show_default=True,
-        help="onnxruntime execution provider (any available one).",
-    ),
-    click.option(
-        "--level",
-        type=click.Choice(sorted(LEVEL_CHOICES)),
-        default=next(k for k, v in LEVEL_CHOICES.items() if v == DEFAULT_BENCH.levels),
-        show_default=True,
-        help="Graph optimisation: all (ORT_ENABLE_ALL), disable (ORT_DISABLE_ALL).",
-    ),
-]
+            fail("interrupted", SIGINT_EXIT)
 
 
 @click.group(cls=DefaultToFold, context_settings={"help_option_names": ["-h", "--help"]})
@@ -255,34 +91,6 @@ def cli() -> None:
     Exit codes: 0 done, 1 check failed (nothing written), 2 usage error,
     3 unreadable input, 4 output cannot be written, 5 internal error.
     """
-
-
-class _Progress:
-    """A progress bar on stderr, opened by the first timed pair (so it does not sit there
-    while the model folds); click hides the bar, not the label, off a terminal."""
-
-    def __init__(self, total: int, label: str = "Timing (interleaved)") -> None:
-        self.total, self.label = total, label
-        self.bar: Any = None
-
-    def __call__(self, steps: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(steps)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-
-
-def _show(document: dict[str, Any], as_json: bool, report_path: str | None) -> None:
-    """Print the document (text or JSON) and write ``--report``: one document for all."""
-    from bnfold import report
-
-    click.echo(report.json_text(document) if as_json else report.render_text(document))
-    if report_path is not None:
-        report.write_report(document, report_path)
 
 
 def _load_settings(allow_unsafe: bool, opset: int | None = None) -> Any:
@@ -354,12 +162,12 @@ def fold_command(
     measured = bench or report_path is not None
     check = CheckSettings(inputs_path, dims, seed, 1, rtol, atol, float64=measured)
     timing = BenchSettings(seed=seed) if bench else None
-    progress = _Progress(DEFAULT_BENCH.runs * len(DEFAULT_BENCH.levels))
+    progress = Progress(DEFAULT_BENCH.runs * len(DEFAULT_BENCH.levels))
 
     def show(result: Any) -> None:
         from bnfold import report
 
-        _show(report.result_document(result, source=model), as_json, report_path)
+        show_document(report.result_document(result, source=model), as_json, report_path)
 
     def action() -> None:
         from bnfold import api
@@ -371,9 +179,8 @@ def fold_command(
                 check=None if no_check else check,
                 load=_load_settings(allow_unsafe, opset),
                 bench=timing,
-                sizes=measured,
+                report=ReportSettings(sizes=measured, progress=progress),
                 overwrite_input=overwrite_input,
-                progress=progress,
                 fold=FoldSettings(keep, forward=not no_forward),
             )
         except CheckFailedError as error:
@@ -384,7 +191,7 @@ def fold_command(
             progress.close()
         show(result)
 
-    _run(debug, as_json, action)
+    run_command(debug, as_json, action)
 
 
 @cli.command("inspect")
@@ -416,11 +223,13 @@ def inspect_command(
         from bnfold import api, report
 
         result = api.inspect(model, load=_load_settings(allow_unsafe), fold=settings)
-        _show(report.result_document(result, source=model, command="inspect"), as_json, None)
+        show_document(
+            report.result_document(result, source=model, command="inspect"), as_json, None
+        )
         if fail_if_foldable:
             _fail_if_foldable(result)
 
-    _run(debug, as_json, action)
+    run_command(debug, as_json, action)
 
 
 def _fail_if_foldable(result: Any) -> None:
@@ -468,11 +277,11 @@ def check_command(
             reference, candidate, settings=settings, load=_load_settings(allow_unsafe)
         )
         document = report.check_document(result, reference=reference, candidate=candidate)
-        _show(document, as_json, None)
+        show_document(document, as_json, None)
         if not result.passed:
             raise CheckFailedError(f"{candidate} differs from {reference}")
 
-    _run(debug, as_json, action)
+    run_command(debug, as_json, action)
 
 
 @cli.command("bench")
@@ -518,7 +327,7 @@ def bench_command(
     def action() -> None:
         from bnfold import api, report
 
-        progress = _Progress(runs * len(levels))
+        progress = Progress(runs * len(levels))
         try:
             measured = api.benchmark(
                 model,
@@ -530,18 +339,19 @@ def bench_command(
             )
         finally:
             progress.close()
-        _show(report.bench_document(measured, source=model, candidate=folded), as_json, report_path)
+        show_document(
+            report.bench_document(measured, source=model, candidate=folded), as_json, report_path
+        )
         if measured.check is not None and not measured.check.passed:
             raise CheckFailedError(
                 f"{folded or 'the folded model'} differs from {model} "
                 f"(max rel {measured.check.max_rel:.3g})"
             )
 
-    _run(debug, as_json, action)
+    run_command(debug, as_json, action)
 
 
-# 128 + the signal's number, what a shell reports for a process the signal killed.
-SIGINT_EXIT, SIGTERM_EXIT = 130, 143
+SIGTERM_EXIT = 143  # 128 + 15, as SIGINT_EXIT is 128 + 2
 
 
 class Terminated(BaseException):
@@ -555,7 +365,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    """The console script. SIGINT is Python's KeyboardInterrupt (exit 130, ``_run``); SIGTERM
+    """The console script. SIGINT is Python's KeyboardInterrupt (exit 130, ``run_command``); SIGTERM
     becomes ``Terminated`` (exit 143). Either way OUT is absent or complete."""
     signal.signal(signal.SIGTERM, _raise_terminated)
     from bnfold.lazy_sympy import defer_sympy
@@ -565,4 +375,4 @@ def main() -> None:
         cli(prog_name="bnfold")
     except Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the line
-        _fail("terminated", SIGTERM_EXIT)
+        fail("terminated", SIGTERM_EXIT)
