@@ -105,6 +105,9 @@ def test_inspect_decides_and_rebuilds_nothing(monkeypatch: pytest.MonkeyPatch) -
         "bn_head": (Outcome.FOLDED_INTO_PREVIOUS, "keras"),
     }
     assert result.counts()["affines_folded"] == 0  # the BNs' own Mul/Add are not "other affines"
+    # One weight-range row per Keras layer a fold changes; the ONNX pass over the unfolded
+    # conversion folds the head's BN again, which adds no second row.
+    assert sorted(row.layer for row in result.weight_ranges) == ["conv_a", "head", "short"]
 
 
 def test_a_dense_whose_bias_a_zero_shift_emptied_keeps_its_bias(tmp_path: Path) -> None:

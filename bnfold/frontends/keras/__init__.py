@@ -66,7 +66,7 @@ class KerasFrontend:
 
         if holds_signature_only(model):
             return FoldOutcome(model, signature_entries(model))
-        outcome = fold_keras(model, rebuild=settings.rebuild, settings=settings)
+        outcome = fold_keras(model, settings)
         for entry in outcome.entries:
             entry.stage = "keras"
         outcome.applied = settings.rebuild

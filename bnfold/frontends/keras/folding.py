@@ -245,21 +245,17 @@ def _subclassed(model: Any) -> bool:
     return not (isinstance(config, dict) and "layers" in config)
 
 
-def fold_keras_model(
-    model: Any, *, rebuild: bool = True, settings: FoldSettings = ALL_FOLDS
-) -> tuple[Any, list[FoldEntry]]:
+def fold_keras_model(model: Any, settings: FoldSettings = ALL_FOLDS) -> tuple[Any, list[FoldEntry]]:
     """``fold_keras``'s model and log."""
-    outcome = fold_keras(model, rebuild=rebuild, settings=settings)
+    outcome = fold_keras(model, settings)
     return outcome.model, outcome.entries
 
 
-def fold_keras(
-    model: Any, *, rebuild: bool = True, settings: FoldSettings = ALL_FOLDS
-) -> FoldOutcome:
+def fold_keras(model: Any, settings: FoldSettings = ALL_FOLDS) -> FoldOutcome:
     """A new Keras model with every BN the fold core can fold folded (into the layer before
     it, or into every layer after it), one entry per BN layer, and one weight range row per
     layer whose weights a fold changed (``weight_rows.py``). The model's inputs and
-    outputs keep their names. ``rebuild=False`` only decides: the model comes back as it
+    outputs keep their names. ``settings.rebuild`` false only decides: the model comes back as it
     is, with the log (and the rows) of what a rebuild would do (``bnfold inspect``).
 
     The Keras-level rewrite is an optimisation: a model bnfold cannot walk or Keras cannot
@@ -274,7 +270,7 @@ def fold_keras(
     except Exception as error:  # a layer Keras describes in a way bnfold did not expect
         _LOG.debug("Keras model not walkable", exc_info=True)
         return _unwalkable(model, f"bnfold cannot follow the model's graph: {first_line(error)}")
-    if not rebuild or (not changes.dropped and not changes.weights):
+    if not settings.rebuild or (not changes.dropped and not changes.weights):
         # Nothing to rebuild (a custom class may not even rebuild).
         return FoldOutcome(model, entries, weight_ranges=rows)
     try:

@@ -139,11 +139,14 @@ def converted_outcome(
     onnx_settings = _converted_settings(outcome.entries, onnx_model, settings, layers_known)
     snapshot = WeightSnapshot(onnx_model)
     result = fold_model(onnx_model, settings=onnx_settings)  # keras_to_onnx inferred shapes
-    rows = [*(outcome.weight_ranges or []), *snapshot.changes(result.model, result.entries)]
     affines = _affine_node_names(result.model)
     entries = merge_stage_logs(
         outcome.entries, result.entries, affines, layers_known, applied=outcome.applied
     )
+    # Rows of this pass's own entries only: where the Keras folds were decided but not applied
+    # (inspect), this pass also folds their BNs, whose rows the Keras pass already gave.
+    ours = [entry for entry in entries if entry.stage != "keras"]
+    rows = [*(outcome.weight_ranges or []), *snapshot.changes(result.model, ours)]
     counts = count_entries(entries)
     if any(entry.folded for entry in entries):
         result.model.metadata_props[METADATA_KEY] = json.dumps(
