@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from bnfold.foldlog import FoldEntry, Reason
 from bnfold.frontends.onnx_dims_test import _frames_model, _spectrogram_model
 from bnfold.frontends.onnx_sizes import sized_shapes
 from bnfold.frontends.onnx_sizes_test import _reshape_model
+from bnfold.rules.forward_conv_test import eeg_upsampling
 from bnfold.testing import batchnorm_node, batchnorm_params, make_model, run_python_quietly
 
 FLOAT = TensorProto.FLOAT
@@ -123,20 +125,6 @@ def linear_one_channel_bn(rng: np.random.Generator) -> onnx.ModelProto:
     return make_model(nodes, [("x", FLOAT, ["B", 1, 5])], ["y"], inits)
 
 
-def eeg_upsampling(rng: np.random.Generator) -> onnx.ModelProto:
-    inits = {
-        "w": rng.normal(size=(4, 3, 4)).astype(np.float32),
-        "b": rng.normal(size=3).astype(np.float32),
-        **batchnorm_params(rng, 4),
-    }
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"], name="relu"),
-        batchnorm_node("r", "n"),
-        helper.make_node("ConvTranspose", ["n", "w", "b"], ["y"], name="up", strides=[4]),
-    ]
-    return make_model(nodes, [("x", FLOAT, ["N", 4, "T"])], ["y"], inits)
-
-
 def torch_view(rng: np.random.Generator, *, forward: bool) -> onnx.ModelProto:
     """``x.view(x.size(0), x.size(1), -1)`` as PyTorch exports it (``Shape -> Slice -> Concat
     -> Reshape``) between a BN over ``[N, 4, H, W]`` and a Conv1d (forward), or between a
@@ -184,7 +172,10 @@ PATTERNS: dict[str, tuple[Callable[[np.random.Generator], onnx.ModelProto], list
         linear_one_channel_bn,
         [("bn", "folded_into_previous", None, ("linear",))],
     ),
-    "eeg_conv_transpose": (eeg_upsampling, [("bn", "left", "shift_not_bias", ())]),
+    "eeg_conv_transpose": (
+        partial(eeg_upsampling, opset=13),
+        [("bn", "left", "shift_not_bias", ())],
+    ),
     "reshape_keeping_batch": (
         _reshape_model,
         [("bn", "folded_into_previous", None, ("conv",))],

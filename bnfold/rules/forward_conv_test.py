@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -162,10 +163,9 @@ def test_conv_transpose_with_uneven_taps_is_left(rng, attrs, reason, said):
     assert check.max_abs == 0.0
 
 
-def test_eeg_batchnorm_before_conv_transpose_with_kernel_equal_to_stride(rng):
-    """The EEG detector's upsampling: BN -> ConvTranspose1d(kernel 4, stride 4, no padding).
-    The shift reaches output position p as ``sum_i W[i, j, p % 4] * t[i]``: a pattern with the
-    stride's period, which no per-channel bias can hold."""
+def eeg_upsampling(rng: np.random.Generator, opset: int = 17) -> onnx.ModelProto:
+    """The EEG detector's upsampling: Relu -> BN -> ConvTranspose1d(kernel 4, stride 4, no
+    padding)."""
     inits = {
         "w": rng.normal(size=(4, 3, 4)).astype(np.float32),
         "b": rng.normal(size=3).astype(np.float32),
@@ -176,7 +176,13 @@ def test_eeg_batchnorm_before_conv_transpose_with_kernel_equal_to_stride(rng):
         batchnorm_node("r", "n"),
         helper.make_node("ConvTranspose", ["n", "w", "b"], ["y"], name="up", strides=[4]),
     ]
-    model = make_model(nodes, [("x", FLOAT, ["N", 4, "T"])], ["y"], inits, opset=17)
+    return make_model(nodes, [("x", FLOAT, ["N", 4, "T"])], ["y"], inits, opset=opset)
+
+
+def test_eeg_batchnorm_before_conv_transpose_with_kernel_equal_to_stride(rng):
+    """The shift reaches output position p as ``sum_i W[i, j, p % 4] * t[i]``: a pattern with
+    the stride's period, which no per-channel bias can hold."""
+    model = eeg_upsampling(rng)
     result, check, folded = fold_and_compare(model, dims={"T": 6})
     [entry] = result.entries
     assert (entry.outcome, entry.reason) == (Outcome.LEFT, Reason.SHIFT_NOT_BIAS)
